@@ -1,0 +1,8 @@
+"""Pretrained priors: network architectures, checkpoint loading and the registry of named models.
+
+Every object returned here follows the denoiser protocol of :mod:`diractrap.priors`.
+"""
+
+from .registry import REGISTRY, ModelSpec, get_denoiser
+
+__all__ = ["REGISTRY", "ModelSpec", "get_denoiser"]
