@@ -6,3 +6,7 @@ Every object returned here follows the denoiser protocol of :mod:`diractrap.prio
 from .registry import REGISTRY, ModelSpec, get_denoiser
 
 __all__ = ["REGISTRY", "ModelSpec", "get_denoiser"]
+
+from .edm import DhariwalUNet, EDMPrecond, SongUNet  # noqa: E402  EDM's networks (Karras et al. 2022)
+
+__all__ += ["SongUNet", "DhariwalUNet", "EDMPrecond"]

@@ -1,0 +1,215 @@
+"""EDM networks in our code against the golden outputs of NVlabs/edm (../shared/golden), and their protocol.
+
+Tolerances: the issue asks for 1e-5 relative (max |ours - theirs| / max |theirs|). In float32 our operations are
+those of the original in the same order, so the only admissible differences are float32 rounding (the fixtures
+record float32-vs-float64 differences of ~1e-6 absolute on outputs of size ~1); in float64 the reference itself is
+float64, so 1e-10 would already reveal any float32 step left in our path (float32 rounding is ~1e-7).
+"""
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import shared_file
+from diractrap.models.edm import (
+    Conv2d,
+    DhariwalUNet,
+    EDMPrecond,
+    SongUNet,
+    UNetBlock,
+    edm_coefficients,
+    freeze,
+)
+from diractrap.priors import check_denoiser
+
+EDM_NETS = ["edm_ddpmpp", "edm_adm"]
+RTOL32 = 1e-5  # the issue's acceptance threshold, ~10x the float32-vs-float64 spread recorded in edm_index.json
+RTOL64 = 1e-10  # float64 against a float64 reference: any float32 step would show at ~1e-7
+
+
+def rel_err(ours, theirs) -> float:
+    """max |ours - theirs| / max |theirs|, in float64."""
+    ours, theirs = ours.detach().double(), theirs.detach().double()
+    return ((ours - theirs).abs().max() / theirs.abs().max()).item()
+
+
+def golden(name):
+    state = torch.load(shared_file("golden", f"{name}_state_dict.pt"), weights_only=True)
+    io = torch.load(shared_file("golden", f"{name}_io.pt"), weights_only=True)
+    return state, io
+
+
+def precond_from_state(state) -> EDMPrecond:
+    net = EDMPrecond(**state["init_kwargs"])
+    net.load_state_dict(state["net_state_dict"], strict=True)
+    return freeze(net)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Golden outputs: EDMPrecond and the bare UNets loaded from state dicts
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", EDM_NETS)
+def test_precond_from_state_dict_matches_edm(name):
+    state, io = golden(name)
+    net = precond_from_state(state)
+    D = net(io["x"], io["sigma"], io["class_labels"])
+    assert D.dtype == torch.float32 and D.shape == io["x"].shape
+    assert rel_err(D, io["D_float32"]) <= RTOL32
+    for ours, key in zip(edm_coefficients(io["sigma"]), ("c_skip", "c_out", "c_in", "c_noise")):
+        # same float32 formula as the original; c_noise = 0 at sigma = 1, hence an absolute bound of 1e-6
+        torch.testing.assert_close(ours, io[key], rtol=1e-6, atol=1e-6)
+    if io["labels_int"] is not None:  # integer class indices and one-hot rows must give the same output
+        assert rel_err(net(io["x"], io["sigma"], io["labels_int"]), io["D_float32"]) <= RTOL32
+    # one sigma for the whole batch (a 0-dim tensor)
+    assert rel_err(net(io["x"], io["sigma_scalar"], io["class_labels"]), io["D_float32_scalar_sigma"]) <= RTOL32
+
+
+@pytest.mark.parametrize("name", EDM_NETS)
+def test_bare_unet_from_state_dict_matches_edm(name):
+    state, io = golden(name)
+    kwargs = dict(state["init_kwargs"])
+    unet_cls = {"SongUNet": SongUNet, "DhariwalUNet": DhariwalUNet}[kwargs.pop("model_type")]
+    for key in ("use_fp16", "sigma_data"):
+        kwargs.pop(key)
+    channels = kwargs.pop("img_channels")
+    unet = unet_cls(in_channels=channels, out_channels=channels, **kwargs).eval()
+    unet.load_state_dict(state["model_state_dict"], strict=True)
+    _, _, c_in, c_noise = edm_coefficients(io["sigma"].view(-1, 1, 1, 1))
+    with torch.no_grad():
+        F_x = unet(c_in * io["x"], c_noise.flatten(), io["class_labels"])
+    assert rel_err(F_x, io["F_float32"]) <= RTOL32
+
+
+@pytest.mark.parametrize("name", EDM_NETS)
+def test_precond_float64_matches_edm_float64(name):
+    state, io = golden(name)
+    net = precond_from_state(state).double()
+    labels = None if io["class_labels"] is None else io["class_labels"].double()
+    D = net(io["x"].double(), io["sigma"].double(), labels)
+    assert D.dtype == torch.float64
+    assert rel_err(D, io["D_float64"]) <= RTOL64
+
+
+def test_adm_block_with_two_heads_matches_edm():
+    state = torch.load(shared_file("golden", "edm_adm_block_2head_state_dict.pt"), weights_only=True)
+    io = torch.load(shared_file("golden", "edm_adm_block_2head_io.pt"), weights_only=True)
+    block = UNetBlock(**state["init_kwargs"]).eval()
+    assert block.num_heads == 2 and block.norm0.num_groups == 32  # 160 channels: the cap of 32 groups applies
+    block.load_state_dict(state["block_state_dict"], strict=True)
+    with torch.no_grad():
+        assert rel_err(block(io["x"], io["emb"]), io["y_float32"]) <= RTOL32
+        block = block.double()
+        assert rel_err(block(io["x"].double(), io["emb"].double()), io["y_float64"]) <= RTOL64
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Full-size architectures: exact key names, order and shapes of the paper's networks (meta device, no memory)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["edm_ffhq64_afhq64_vp", "edm_imagenet64_adm"])
+def test_fullsize_architecture_matches_manifest(name):
+    entry = json.loads(shared_file("golden", "fullsize_manifests.json").read_text())[name]
+    with torch.device("meta"):
+        net = EDMPrecond(**entry["init_kwargs"])
+    ours = [(key.removeprefix("model."), list(t.shape)) for key, t in net.state_dict().items()]
+    assert all(key.startswith("model.") for key in net.state_dict())
+    assert ours == [(e["key"], e["shape"]) for e in entry["manifest"]]
+    assert sum(p.numel() for p in net.parameters()) == entry["n_params"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The denoiser protocol
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def tiny(model_type="SongUNet", label_dim=0, **kwargs):
+    """A small EDMPrecond with every parameter perturbed (the zero-initialised output layers would hide the labels)."""
+    torch.manual_seed(0)
+    defaults = dict(model_channels=16, channel_mult=[1, 2], num_blocks=1, attn_resolutions=[4], dropout=0.0)
+    net = EDMPrecond(8, 3, label_dim=label_dim, model_type=model_type, **{**defaults, **kwargs})
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return net
+
+
+def test_protocol_attributes_and_frozen_float32_evaluation():
+    net = freeze(tiny().double())  # freeze brings a network back to float32 whatever its dtype
+    check_denoiser(net)
+    assert (net.sigma_min, net.sigma_max, net.data_range) == (0.002, 80.0, (-1.0, 1.0))
+    assert net.info["architecture"] == "EDMPrecond/SongUNet" and not net.training
+    assert all(p.dtype == torch.float32 and not p.requires_grad for p in net.parameters())
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64, requires_grad=True)
+    D = net(x, torch.tensor([0.5, 2.0]))
+    assert D.dtype == torch.float64  # returned in the input's dtype, computed in float32
+    (g,) = torch.autograd.grad(D.sum(), x)  # gradients reach the input only
+    assert g.shape == x.shape and torch.isfinite(g).all()
+    with pytest.raises(ValueError, match="one value per image"):
+        net(x, torch.ones(3))
+
+
+def test_conditional_labels_int_onehot_fixed_and_missing():
+    net = freeze(tiny("DhariwalUNet", label_dim=5))
+    x, sigma = torch.randn(3, 3, 8, 8), torch.tensor([0.1, 1.0, 10.0])
+    idx = torch.tensor([0, 4, 2])
+    D_int = net(x, sigma, idx)
+    assert torch.equal(D_int, net(x, sigma, F.one_hot(idx, 5).float()))
+    assert not torch.allclose(D_int, net(x, sigma, torch.tensor([1, 4, 2])))  # the label matters
+    with pytest.raises(ValueError, match="class-conditional"):
+        net(x, sigma)
+    net.set_class_label(4)
+    assert torch.equal(net(x, sigma), net(x, sigma, torch.tensor([4, 4, 4])))
+    with pytest.raises(ValueError, match=r"\[0, 5\)"):
+        net(x, sigma, torch.tensor([0, 5, 1]))
+    with pytest.raises(ValueError, match="one-hot"):
+        net(x, sigma, torch.ones(3, 4))
+    with pytest.raises(ValueError, match="unconditional"):
+        tiny(class_label=1)
+
+
+def test_trainable_when_not_frozen():
+    """The embedded demo prior trains a small SongUNet under EDMPrecond: gradients reach every used parameter."""
+    net = tiny(label_dim=0, dropout=0.1, augment_dim=9).train()
+    x, sigma = torch.randn(2, 3, 8, 8), torch.tensor([0.3, 3.0])
+    loss = ((net(x, sigma, augment_labels=torch.zeros(2, 9)) - x) ** 2).mean()
+    loss.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in net.parameters())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# SongUNet variants (NCSN++ and the skip encoder/decoder have no golden fixture): structure and resampling truths
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("encoder_type", ["standard", "skip", "residual"])
+@pytest.mark.parametrize("decoder_type", ["standard", "skip"])
+@pytest.mark.parametrize("embedding_type", ["positional", "fourier"])
+def test_songunet_variants_shapes(encoder_type, decoder_type, embedding_type):
+    torch.manual_seed(0)
+    unet = SongUNet(8, 3, 2, label_dim=4, model_channels=8, channel_mult=[1, 2, 2], num_blocks=1,
+                    attn_resolutions=[4], embedding_type=embedding_type, channel_mult_noise=2,
+                    encoder_type=encoder_type, decoder_type=decoder_type, resample_filter=[1, 3, 3, 1]).eval()
+    keys = unet.state_dict().keys()
+    assert ("map_noise.freqs" in keys) == (embedding_type == "fourier")
+    assert any("aux_residual" in k for k in keys) == (encoder_type == "residual")
+    assert any("aux_skip" in k for k in keys) == (encoder_type == "skip")
+    assert ("dec.4x4_aux_conv.weight" in keys) == (decoder_type == "skip")
+    out = unet(torch.randn(2, 3, 8, 8), torch.tensor([0.1, -0.5]), F.one_hot(torch.tensor([1, 3]), 4).float())
+    assert out.shape == (2, 2, 8, 8) and torch.isfinite(out).all()
+
+
+def test_resampling_box_and_nearest():
+    x = torch.randn(2, 3, 8, 8)
+    down = Conv2d(3, 3, kernel=0, down=True, resample_filter=[1, 1])
+    up = Conv2d(3, 3, kernel=0, up=True, resample_filter=[1, 1])
+    torch.testing.assert_close(down(x), F.avg_pool2d(x, 2))
+    torch.testing.assert_close(up(x), F.interpolate(x, scale_factor=2, mode="nearest"))
+    # the binomial [1, 3, 3, 1] filter is normalised: a constant image stays constant away from the zero padding
+    fir = Conv2d(3, 3, kernel=0, down=True, resample_filter=[1, 3, 3, 1])
+    assert fir.resample_filter.sum().item() == pytest.approx(1.0)
+    torch.testing.assert_close(fir(torch.ones(1, 3, 8, 8))[..., 1:-1, 1:-1], torch.ones(1, 3, 2, 2))
