@@ -290,12 +290,13 @@ def test_statement1_rows_with_an_exact_potential():
     prior = gaussian_prior((1, 10, 10))
     x, h, y = problem(B=1, sigma=sigma)
     q_fn = lambda z: prior.potential(z, sigma=sigma_g)  # noqa: E731 - the potential the x-iterations minimise
-    rows = deconv.statement1(prior, y, x, h, x, h, sigma=sigma, sigma_g=sigma_g, n_iter_delta=3000, q_fn=q_fn)
+    res = deconv.statement1(prior, y, x, h, x, h, sigma=sigma, sigma_g=sigma_g, n_iter_delta=3000, q_fn=q_fn)
+    rows = res.rows
     for name in ("true", "delta", "hat"):
         np.testing.assert_allclose(rows[f"L_{name}"], rows[f"data_{name}"] + sigma**2 * rows[f"q_{name}"])
     np.testing.assert_allclose(rows["L_hat"], rows["L_true"])
     # x_delta minimises Ly(., delta): every perturbation raises it
-    xd = torch.from_numpy(rows["x_delta"]).double()
+    xd = res.x_delta.double()
     delta = dirac(3, dtype=D64)[None]
     L0 = deconv.objective(xd, delta, y, q_fn(xd), sigma=sigma)["total"]
     for k in range(5):
@@ -314,6 +315,10 @@ def test_save_result_and_summary(tmp_path):
     s = deconv.summary(res, {"psnr": torch.ones(3)})
     json.dumps(s)
     assert s["iterations"] == 6 and len(s["final"]["data"]) == 3
+    rows = deconv.table_rows(res, {"psnr": torch.arange(3.0)}, pair=["a", "b", "c"], seed=0)
+    assert len(rows) == 3 and rows[2]["psnr"] == 2.0 and rows[1]["pair"] == "b" and rows[0]["n_ext"] == 6
+    json.dumps(rows)
+    assert rows[0]["final_data"] == float(res.trajectory["data"][-1][0])
 
 
 def test_make_problem_noise_is_per_item():
