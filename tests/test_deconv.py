@@ -352,3 +352,15 @@ def test_cli_deblur_writes_its_outputs(tmp_path, monkeypatch):
     assert h_hat.shape == (K, K) and abs(h_hat.sum() - 1) < 1e-5 and (h_hat >= 0).all()
     assert np.load(out / "x_hat.npy").shape == (3, size, size)
     assert json.loads((out / "summary.json").read_text())["settings"]["n_ext"] == 4
+
+
+def test_run_pairs_batches_pairs_and_starts():
+    prior = gaussian_prior((2, 14, 14))
+    x, h, _ = problem(B=2, C=2, H=14, W=14, K=5)
+    params = Algorithm1Params(n_ext=3, n_in=2, sigma=0.02, sigma_g=0.01)
+    run = deconv.run_pairs(prior, x, h, params=params, pair_ids=[4, 9], progress=False, family=["g", "m"])
+    assert [(r["pair"], r["init"], r["family"]) for r in run.rows] == [
+        (4, "wide", "g"), (9, "wide", "m"), (4, "small", "g"), (9, "small", "m")]
+    torch.testing.assert_close(run.y, deconv.make_problem(x, h, sigma=0.02, item_ids=[4, 9]))
+    alone = algorithm1(prior, run.y[1:], "small", kernel_size=5, params=params, progress=False)
+    torch.testing.assert_close(alone.h[0], run.result.h[3], rtol=0, atol=1e-10)
