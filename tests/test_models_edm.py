@@ -6,8 +6,16 @@ record float32-vs-float64 differences of ~1e-6 absolute on outputs of size ~1); 
 float64, so 1e-10 would already reveal any float32 step left in our path (float32 rounding is ~1e-7).
 """
 
+import io
 import json
+import os
+import pickle
+import re
+import subprocess
+import sys
+import types
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -22,11 +30,22 @@ from diractrap.models.edm import (
     edm_coefficients,
     freeze,
 )
+from diractrap.models import edm_pickle
+from diractrap.models.edm_pickle import load_edm_pickle
 from diractrap.priors import check_denoiser
 
 EDM_NETS = ["edm_ddpmpp", "edm_adm"]
 RTOL32 = 1e-5  # the issue's acceptance threshold, ~10x the float32-vs-float64 spread recorded in edm_index.json
 RTOL64 = 1e-10  # float64 against a float64 reference: any float32 step would show at ~1e-7
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """These networks are tiny: one intra-op thread avoids OpenMP spin-waiting on a shared 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def rel_err(ours, theirs) -> float:
@@ -213,3 +232,177 @@ def test_resampling_box_and_nearest():
     fir = Conv2d(3, 3, kernel=0, down=True, resample_filter=[1, 3, 3, 1])
     assert fir.resample_filter.sum().item() == pytest.approx(1.0)
     torch.testing.assert_close(fir(torch.ones(1, 3, 8, 8))[..., 1:-1, 1:-1], torch.ones(1, 3, 2, 2))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# EDM snapshot pickles: the golden snapshots through the restricted unpickler
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", EDM_NETS)
+def test_load_edm_pickle_matches_edm(name):
+    path = shared_file("golden", f"{name}_snapshot_nosrc.pkl")
+    _, io = golden(name)
+    net = load_edm_pickle(path)
+    check_denoiser(net)
+    assert all(t.device.type == "cpu" and t.dtype == torch.float32 for t in net.state_dict().values())
+    assert not net.training and not any(p.requires_grad for p in net.parameters())
+    index = json.loads(shared_file("golden", "edm_index.json").read_text())["fixtures"][name]
+    assert net.info["sha256"] == index["files"][path.name]["sha256"]
+    assert rel_err(net(io["x"], io["sigma"], io["class_labels"]), io["D_float32"]) <= RTOL32
+    labels = None if io["class_labels"] is None else io["class_labels"].double()
+    assert rel_err(net.double()(io["x"].double(), io["sigma"].double(), labels), io["D_float64"]) <= RTOL64
+
+
+def test_load_edm_pickle_fixed_class_label():
+    path = shared_file("golden", "edm_adm_snapshot_nosrc.pkl")
+    _, io = golden("edm_adm")
+    with pytest.raises(ValueError, match="class-conditional"):
+        load_edm_pickle(path)(io["x"], io["sigma"])
+    net = load_edm_pickle(path, class_label=7)
+    torch.testing.assert_close(net(io["x"], io["sigma"]), net(io["x"], io["sigma"], torch.full((4,), 7)), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="class_label"):
+        load_edm_pickle(path, class_label=10)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Safety: code inside a pickle is refused before it runs
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class _Reduce:
+    """An object whose unpickling calls ``func(*args)``: what a hostile checkpoint would contain."""
+
+    def __init__(self, func, *args):
+        self.func, self.args = func, args
+
+    def __reduce__(self):
+        return self.func, self.args
+
+
+def _payloads(marker):
+    return {
+        "os.system": _Reduce(os.system, f"touch '{marker}'"),
+        "builtins.eval": _Reduce(eval, f"open({str(marker)!r}, 'w').close()"),
+        "subprocess.call": _Reduce(subprocess.call, ["touch", str(marker)]),
+    }
+
+
+@pytest.mark.parametrize("protocol", [3, 4])  # GLOBAL and STACK_GLOBAL opcodes
+@pytest.mark.parametrize("kind", ["os.system", "builtins.eval", "subprocess.call"])
+def test_malicious_pickle_is_refused_and_never_runs(tmp_path, kind, protocol):
+    control = tmp_path / "control"
+    pickle.loads(pickle.dumps(_payloads(control)[kind], protocol=protocol))  # the plain unpickler runs the payload
+    assert control.exists()
+    marker = tmp_path / "marker"
+    payload = _payloads(marker)[kind]
+    # hidden deep inside an otherwise plausible snapshot, after ordinary tensors
+    snapshot = {"ema": None, "dataset_kwargs": {"path": "x.zip", "extra": [torch.ones(2), {"deep": payload}]}}
+    path = tmp_path / "snapshot.pkl"
+    path.write_bytes(pickle.dumps(snapshot, protocol=protocol))
+    func = payload.func
+    with pytest.raises(pickle.UnpicklingError, match=re.escape(f"{func.__module__}.{func.__name__}")):
+        load_edm_pickle(path)
+    assert not marker.exists()
+
+
+def _fake_persistence(monkeypatch, module_src: str):
+    """Make ``torch_utils.persistence._reconstruct_persistent_obj`` importable for pickling (not for loading).
+
+    The stand-in does what EDM's does first: execute ``module_src``. Our loader must never call it.
+    """
+    package, module = types.ModuleType("torch_utils"), types.ModuleType("torch_utils.persistence")
+
+    def _reconstruct_persistent_obj(meta):  # pragma: no cover - only reached if the loader is unsafe
+        exec(meta["module_src"], {})
+        raise AssertionError("the embedded module source was executed")
+
+    _reconstruct_persistent_obj.__module__ = "torch_utils.persistence"
+    _reconstruct_persistent_obj.__qualname__ = "_reconstruct_persistent_obj"
+    module._reconstruct_persistent_obj = _reconstruct_persistent_obj
+    package.persistence = module
+    monkeypatch.setitem(sys.modules, "torch_utils", package)
+    monkeypatch.setitem(sys.modules, "torch_utils.persistence", module)
+    return _reconstruct_persistent_obj
+
+
+class _SnapshotPickler(pickle.Pickler):
+    """Pickles our EDM modules the way EDM's persistence does, optionally with torch's oldest tensor record."""
+
+    def __init__(self, file, reconstruct, module_src, protocol, old_tensors=False):
+        super().__init__(file, protocol=protocol)
+        self.reconstruct, self.module_src, self.old_tensors = reconstruct, module_src, old_tensors
+
+    def reducer_override(self, obj):
+        if isinstance(obj, torch.nn.Module) and type(obj).__module__ == "diractrap.models.edm":
+            state = dict(obj.__dict__)
+            if isinstance(obj, EDMPrecond):
+                state.update(_init_args=(), _init_kwargs=dict(obj.init_kwargs))
+            meta = dict(type="class", version=6, module_src=self.module_src, class_name=type(obj).__name__, state=state)
+            return self.reconstruct, (meta,)
+        if self.old_tensors and type(obj) is torch.Tensor:
+            storage = torch.storage.TypedStorage(wrap_storage=obj.untyped_storage(), dtype=obj.dtype, _internal=True)
+            return torch._utils._rebuild_tensor, (storage, obj.storage_offset(), tuple(obj.shape), obj.stride())
+        return NotImplemented
+
+
+@pytest.mark.parametrize("old_style", [False, True])
+def test_snapshot_of_our_network_round_trips_without_running_module_src(tmp_path, monkeypatch, old_style):
+    """A snapshot in EDM's format whose module_src would create a marker: it loads, and the marker never appears.
+
+    old_style: protocol 3, torch's first tensor record (``_rebuild_tensor``) and numpy 1.x's scalar module name, as
+    written by older torch/numpy versions; otherwise protocol 4 and the current names.
+    """
+    marker = tmp_path / "marker"
+    module_src = f"open({str(marker)!r}, 'w').close()"
+    reconstruct = _fake_persistence(monkeypatch, module_src)
+    net = tiny("DhariwalUNet", label_dim=3)
+    net.model.enc["8x8_block0"].skip_scale = np.float64(1.0)  # a numpy scalar attribute, as in real snapshots
+    snapshot = {"ema": net, "augment_pipe": None, "dataset_kwargs": {"use_labels": True}}
+    buffer = io.BytesIO()
+    _SnapshotPickler(buffer, reconstruct, module_src, 3 if old_style else 4, old_tensors=old_style).dump(snapshot)
+    data = buffer.getvalue()
+    if old_style:  # GLOBAL opcodes are text lines: rename numpy 2's module to numpy 1's
+        assert b"cnumpy._core.multiarray\nscalar\n" in data
+        data = data.replace(b"cnumpy._core.multiarray\nscalar\n", b"cnumpy.core.multiarray\nscalar\n")
+        assert b"_rebuild_tensor\n" in data
+    path = tmp_path / "snapshot.pkl"
+    path.write_bytes(data)
+    monkeypatch.delitem(sys.modules, "torch_utils.persistence")  # loading must not need EDM's code at all
+    monkeypatch.delitem(sys.modules, "torch_utils")
+    loaded = load_edm_pickle(path)
+    assert not marker.exists()
+    x, sigma, labels = torch.randn(2, 3, 8, 8), torch.tensor([0.05, 5.0]), torch.tensor([2, 0])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x, sigma, labels), freeze(net)(x, sigma, labels), rtol=0, atol=0)
+
+
+def test_unsupported_snapshot_contents_are_explained(tmp_path):
+    path = tmp_path / "notedm.pkl"
+    path.write_bytes(pickle.dumps({"model": [1, 2, 3]}))
+    with pytest.raises(ValueError, match="no 'ema' network"):
+        load_edm_pickle(path)
+    path.write_bytes(pickle.dumps(torch.nn.Linear(2, 2)))
+    with pytest.raises(pickle.UnpicklingError, match=r"refused global torch\.nn\.modules\.linear\.Linear"):
+        load_edm_pickle(path)
+
+
+@pytest.mark.parametrize("state", [b"(dS'x'\nI1\nsb", b"(N(dS'__defaults__'\n(I1\ntstb"])  # dict / slot state
+def test_build_on_an_allowed_global_is_refused(tmp_path, state):
+    """BUILD on an allowed function would rewrite its attributes (e.g. __defaults__) for the whole process."""
+    path = tmp_path / "build.pkl"
+    path.write_bytes(b"ctorch._utils\n_rebuild_tensor_v2\n" + state + b".")
+    with pytest.raises(pickle.UnpicklingError, match=r"BUILD applied to the global torch\._utils\._rebuild_tensor_v2"):
+        load_edm_pickle(path)
+    assert edm_pickle._rebuild_tensor_v2.__defaults__ == (False, None, None)
+
+
+def test_snapshot_missing_a_tensor_is_an_error_naming_it(tmp_path, monkeypatch):
+    reconstruct = _fake_persistence(monkeypatch, "")
+    net = tiny("SongUNet")
+    net.model.dec["8x8_aux_conv"].register_parameter("bias", None)  # the stored network lacks one tensor
+    path = tmp_path / "snapshot.pkl"
+    with open(path, "wb") as f:
+        _SnapshotPickler(f, reconstruct, "", 4).dump({"ema": net})
+    with pytest.raises(ValueError, match=re.escape('Missing key(s) in state_dict: "model.dec.8x8_aux_conv.bias"')):
+        load_edm_pickle(path)
