@@ -59,7 +59,7 @@ def _init_tensor(shape, mode: str, fan_in: int, fan_out: int) -> Tensor:
         return math.sqrt(3 / fan_in) * (torch.rand(*shape) * 2 - 1)
     if mode == "kaiming_normal":
         return math.sqrt(1 / fan_in) * torch.randn(*shape)
-    raise ValueError(f"unknown init_mode {mode!r}: use xavier_uniform, xavier_normal, kaiming_uniform or kaiming_normal")
+    raise ValueError(f"unknown init_mode {mode!r}: use xavier_uniform, xavier_normal, kaiming_uniform, kaiming_normal")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -243,7 +243,7 @@ class UNetBlock(nn.Module):
 
 
 class PositionalEmbedding(nn.Module):
-    """Sinusoids of c_noise at frequencies (1/max_positions)^(i/n), i < n = num_channels // 2: (B,) -> (B, num_channels).
+    """Sinusoids of c_noise at frequencies (1/max_positions)^(i/n), i < n = num_channels // 2: (B,) -> (B, 2n).
 
     ``endpoint=True`` divides by n - 1 (DDPM++) instead of n (ADM). Order [sin, cos] if ``sin_first`` (SongUNet),
     else [cos, sin] (DhariwalUNet). The frequencies are float32 constants whatever the evaluation dtype (as trained).
@@ -251,7 +251,8 @@ class PositionalEmbedding(nn.Module):
 
     def __init__(self, num_channels, max_positions=10000, endpoint=False, sin_first=False):
         super().__init__()
-        self.num_channels, self.max_positions, self.endpoint, self.sin_first = num_channels, max_positions, endpoint, sin_first
+        self.num_channels, self.max_positions = num_channels, max_positions
+        self.endpoint, self.sin_first = endpoint, sin_first
 
     def forward(self, x: Tensor) -> Tensor:
         n = self.num_channels // 2
@@ -293,7 +294,7 @@ def _drop_labels(labels: Tensor, p: float, training: bool) -> Tensor:
 
 
 class SongUNet(nn.Module):
-    """DDPM++ (defaults) or NCSN++ U-Net: F(x, c_noise, class_labels) with x (B, in_channels, R, R) -> (B, out_channels, R, R).
+    """DDPM++ (defaults) or NCSN++ U-Net F(x, c_noise, class_labels): (B, in_channels, R, R) -> (B, out_channels, R, R).
 
     NCSN++ settings: ``embedding_type="fourier", channel_mult_noise=2, encoder_type="residual",
     resample_filter=[1, 3, 3, 1]``. EDM's FFHQ/AFHQv2-64 networks: model_channels 128, channel_mult [1, 2, 2, 2],

@@ -221,7 +221,8 @@ def read_edm_pickle(path) -> tuple[dict, str]:
         except pickle.UnpicklingError as err:
             raise pickle.UnpicklingError(f"{path}: {err}") from None
         except Exception as err:  # a malformed stream or an allowed function fed wrong arguments
-            raise pickle.UnpicklingError(f"{path}: not a well-formed EDM snapshot ({type(err).__name__}: {err})") from err
+            what = f"{type(err).__name__}: {err}"
+            raise pickle.UnpicklingError(f"{path}: not a well-formed EDM snapshot ({what})") from err
     if not isinstance(data, dict):
         raise pickle.UnpicklingError(f"{path}: an EDM snapshot is a dict, got {type(data).__name__}")
     return data, digest.hexdigest()
@@ -281,7 +282,8 @@ def load_edm_pickle(path, *, device="cpu", class_label: int | None = None) -> ED
     data, sha256 = read_edm_pickle(path)
     ema = data.get("ema")
     if not isinstance(ema, PersistentRecord):
-        raise ValueError(f"{path}: no 'ema' network in this pickle (keys: {sorted(map(str, data))}); is it an EDM snapshot?")
+        keys = sorted(map(str, data))
+        raise ValueError(f"{path}: no 'ema' network in this pickle (keys: {keys}); is it an EDM snapshot?")
     if ema.class_name != "EDMPrecond":
         raise ValueError(f"{path}: the 'ema' network is a {ema.class_name}; only EDMPrecond snapshots are supported")
     kwargs = _precond_arguments(ema)
