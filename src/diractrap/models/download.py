@@ -1,0 +1,269 @@
+"""Verified downloads of checkpoint files: resumable HTTP (urllib), Google Drive through gdown, sha256 lock file.
+
+A download goes to ``<file>.part`` and is renamed onto ``<file>`` only after its size and sha256 have been checked,
+so a file at the final path is always complete. An interrupted transfer keeps its ``.part`` and the next attempt
+resumes it with an HTTP ``Range`` request (a server that answers 200 instead of 206 gets a fresh download). A file
+whose checksum is wrong is deleted. When every URL fails the error is one line naming the URL and the exact path
+where the file can be placed by hand.
+
+Checksums that are not known in advance are recorded on first download in a lock file (JSON, beside the
+checkpoints: ``<checkpoint dir>/checkpoints.lock``) and every later use is verified against it (trust on first
+use). The lock lives with the files it vouches for because the package directory may be read-only and a shared
+checkpoint directory should carry one record for all its users; a hash pinned in the registry or passed as
+``sha256=`` takes precedence over the lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import http.client
+import json
+import os
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from ..data import atomic_path
+
+__all__ = ["DownloadError", "ChecksumError", "download", "sha256sum", "ChecksumLock", "LOCK_NAME"]
+
+LOCK_NAME = "checkpoints.lock"
+_CHUNK = 1 << 20  # bytes per read
+_GDRIVE = "gdrive:"  # URL scheme of a Google Drive file id, fetched through gdown
+
+
+class DownloadError(RuntimeError):
+    """A checkpoint could not be fetched; the message names the URL and where to place the file by hand."""
+
+
+class ChecksumError(DownloadError):
+    """A downloaded or present file does not have the expected size or sha256."""
+
+
+class _Truncated(OSError):
+    """The server closed the connection before the announced length: resumable."""
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Hashing (memoised per file identity, so loading right after verifying does not read a large file twice)
+# ---------------------------------------------------------------------------------------------------------------
+
+_DIGESTS: dict[tuple, str] = {}
+
+
+def sha256sum(path) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks; cached on (path, inode, size, mtime) within the process."""
+    path = Path(path)
+    st = path.stat()
+    key = (str(path.resolve()), st.st_ino, st.st_size, st.st_mtime_ns)
+    if key not in _DIGESTS:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(_CHUNK), b""):
+                h.update(block)
+        _DIGESTS[key] = h.hexdigest()
+    return _DIGESTS[key]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The lock file: {filename: {sha256, size, url, recorded}} beside the checkpoints
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class ChecksumLock:
+    """The sha256 record of a checkpoint directory (``<root>/checkpoints.lock``, JSON)."""
+
+    def __init__(self, root):
+        self.root = Path(root)
+        self.path = self.root / LOCK_NAME
+
+    def entries(self) -> dict:
+        if not self.path.is_file():
+            return {}
+        try:
+            return json.loads(self.path.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{self.path} is not valid JSON ({err}); fix or delete it") from err
+
+    def get(self, filename: str) -> dict | None:
+        return self.entries().get(filename)
+
+    def record(self, filename: str, *, sha256: str, size: int, url: str | None = None) -> None:
+        """Add or replace one entry (read-modify-write under an exclusive lock, written atomically)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with _exclusive(self.root / f".{LOCK_NAME}.flock"):
+            entries = self.entries()
+            entries[filename] = {"sha256": sha256, "size": size, "url": url,
+                                 "recorded": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            with atomic_path(self.path) as tmp:
+                tmp.write_text(json.dumps(entries, indent=1, sort_keys=True) + "\n")
+
+
+@contextlib.contextmanager
+def _exclusive(lockfile: Path):
+    """An inter-process exclusive lock (POSIX flock) so parallel jobs do not write the same .part file."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX: no inter-process locking
+        yield
+        return
+    lockfile.parent.mkdir(parents=True, exist_ok=True)
+    with open(lockfile, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Download: .part file, resume, verification, atomic rename
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def download(urls, dest, *, sha256: str | None = None, size: int | None = None, progress: bool = True,
+             timeout: float = 60.0, retries: int = 2) -> str:
+    """Fetch ``dest`` from the first URL that works; return its sha256.
+
+    ``urls``: one URL or several mirrors (``http(s)://...`` or ``gdrive:<file id>``). ``sha256`` / ``size``: the
+    expected values when known (a mismatch deletes the download and raises :class:`ChecksumError`). A connection
+    cut mid-transfer is resumed up to ``retries`` times; the ``.part`` file stays for a later call otherwise.
+    """
+    dest = Path(dest).absolute()  # error messages give the exact place for a file copied by hand
+    urls = [urls] if isinstance(urls, str) else list(urls)
+    if not urls:
+        raise DownloadError(f"no URL is known for {dest.name}; place the file by hand at {dest}")
+    part = dest.with_name(dest.name + ".part")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    failures: list[DownloadError] = []
+    with _exclusive(dest.with_name(f".{dest.name}.flock")):
+        if dest.is_file():  # another process finished it while we waited for the lock
+            return _verify(dest, sha256, size, url=urls[0], dest=dest, delete=False)
+        for url in urls:
+            try:
+                if url.startswith(_GDRIVE):
+                    _fetch_gdrive(url[len(_GDRIVE):], part, dest, progress=progress)
+                else:
+                    _fetch_http_resuming(url, part, dest, progress=progress, timeout=timeout, retries=retries)
+                digest = _verify(part, sha256, size, url=url, dest=dest, delete=True)
+            except DownloadError as err:
+                failures.append(err)
+                continue
+            except (OSError, urllib.error.URLError, http.client.HTTPException) as err:
+                failures.append(DownloadError(f"could not download {url} ({_reason(err)}); "
+                                              f"place the file by hand at {dest}"))
+                continue
+            os.replace(part, dest)
+            return digest
+    if len(failures) == 1:
+        raise failures[0]
+    kind = ChecksumError if all(isinstance(f, ChecksumError) for f in failures) else DownloadError
+    raise kind(" | ".join(str(f) for f in failures))
+
+
+def _reason(err: BaseException) -> str:
+    if isinstance(err, urllib.error.HTTPError):
+        return f"HTTP {err.code} {err.reason}"
+    if isinstance(err, urllib.error.URLError):
+        return f"offline or unreachable: {err.reason}"
+    return f"{type(err).__name__}: {err}"
+
+
+def _verify(path: Path, sha256: str | None, size: int | None, *, url: str, dest: Path, delete: bool) -> str:
+    """Check size and sha256 of ``path``; on a mismatch delete it (a download) and raise ChecksumError."""
+    got_size = path.stat().st_size
+    digest = sha256sum(path) if size is None or got_size == size else None
+    if (size is not None and got_size != size) or (sha256 is not None and digest != sha256.lower()):
+        what = (f"{got_size} bytes instead of {size}" if digest is None
+                else f"sha256 {digest} instead of {sha256.lower()}")
+        if delete:
+            path.unlink(missing_ok=True)
+            raise ChecksumError(f"{url} gave a file with {what}; the download was removed. Check the URL, or place "
+                                f"the right file by hand at {dest}")
+        raise ChecksumError(f"{path} has {what}; delete it to download it again from {url}, or place the right "
+                            "file there by hand")
+    return digest
+
+
+def _fetch_http_resuming(url: str, part: Path, dest: Path, *, progress: bool, timeout: float, retries: int) -> None:
+    for attempt in range(retries + 1):
+        try:
+            return _fetch_http(url, part, progress=progress, timeout=timeout, label=dest.name)
+        except (_Truncated, ConnectionError, TimeoutError, http.client.IncompleteRead) as err:
+            if attempt == retries:
+                raise DownloadError(f"could not download {url} (connection lost: {err}; the partial file "
+                                    f"{part.name} is kept and resumed next time); place the file by hand at "
+                                    f"{dest}") from err
+
+
+def _fetch_http(url: str, part: Path, *, progress: bool, timeout: float, label: str) -> None:
+    """One HTTP GET into ``part``, continuing it with a Range request when it already holds bytes."""
+    offset = part.stat().st_size if part.is_file() else 0
+    headers = {"User-Agent": "diractrap (checkpoint download)"}
+    if offset:
+        headers["Range"] = f"bytes={offset}-"
+    try:
+        response = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
+    except urllib.error.HTTPError as err:
+        if err.code == 416 and offset:  # the .part is not a prefix of this file: start again
+            part.unlink()
+            return _fetch_http(url, part, progress=progress, timeout=timeout, label=label)
+        raise
+    with response:
+        if response.status == 206 and (not offset or _range_start(response) != offset):
+            if not offset:
+                raise DownloadError(f"{url} answered a whole-file request with a partial response (206)")
+            response.close()
+            part.unlink()  # the server sent another range than asked: start again without one
+            return _fetch_http(url, part, progress=progress, timeout=timeout, label=label)
+        if response.status == 206:
+            mode = "ab"
+            total = _range_total(response)
+        else:  # 200: the server ignored the range (or there was none): the whole file from byte 0
+            offset, mode = 0, "wb"
+            length = response.headers.get("Content-Length")
+            total = int(length) if length is not None else None
+        with open(part, mode) as f, tqdm(total=total, initial=offset, unit="B", unit_scale=True,
+                                         unit_divisor=1024, desc=label, disable=not progress, leave=False) as bar:
+            for block in iter(lambda: response.read(_CHUNK), b""):
+                f.write(block)
+                bar.update(len(block))
+    got = part.stat().st_size
+    if total is not None and got < total:
+        raise _Truncated(f"received {got} of {total} bytes")
+
+
+def _range_start(response) -> int | None:
+    """First byte of a 206 answer, from ``Content-Range: bytes a-b/total``."""
+    value = response.headers.get("Content-Range", "")
+    try:
+        return int(value.split()[1].split("-")[0])
+    except (IndexError, ValueError):
+        return None
+
+
+def _range_total(response) -> int | None:
+    value = response.headers.get("Content-Range", "")
+    total = value.rsplit("/", 1)[-1] if "/" in value else "*"
+    return int(total) if total.isdigit() else None
+
+
+def _fetch_gdrive(file_id: str, part: Path, dest: Path, *, progress: bool) -> None:
+    """A Google Drive file through gdown (it handles the confirmation page of large files); not testable offline."""
+    try:
+        import gdown
+    except ImportError as err:  # pragma: no cover - gdown is a dependency
+        raise DownloadError(f"gdown is needed for Google Drive file {file_id}: pip install gdown") from err
+    url = f"https://drive.google.com/uc?id={file_id}"
+    try:
+        out = gdown.download(id=file_id, output=str(part), quiet=not progress, resume=True)
+    except Exception as err:  # gdown raises its own exception types (FileURLRetrievalError...) and OSErrors
+        raise DownloadError(f"could not download {url} through gdown ({type(err).__name__}: "
+                            f"{str(err).strip().splitlines()[0] if str(err).strip() else ''}); place the file by "
+                            f"hand at {dest}") from err
+    if out is None or not part.is_file():
+        raise DownloadError(f"could not download {url} through gdown; place the file by hand at {dest}")
