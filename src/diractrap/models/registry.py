@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-__all__ = ["ModelSpec", "REGISTRY", "register", "get_denoiser"]
+__all__ = ["ModelSpec", "REGISTRY", "register", "get_denoiser", "checkpoint_dir", "checkpoint_path",
+           "fetch_checkpoint", "checkpoint_status"]
+
+CHECKPOINTS_ENV = "DIRACTRAP_CHECKPOINTS"  # overrides the checkpoint directory
+DEFAULT_CHECKPOINTS = Path("data/checkpoints")  # relative to the working directory (the repository root)
 
 
 @dataclass(frozen=True)
@@ -24,6 +29,8 @@ class ModelSpec:
     size: int | None = None
     licence: str = ""
     options: dict = field(default_factory=dict)  # keyword arguments for the loader
+    architecture: str = ""  # e.g. "ncsnpp", "edm-ddpmpp", "edm-adm"
+    sigma_range: tuple[float, float] | None = None  # the model's noise range, native units
 
 
 REGISTRY: dict[str, ModelSpec] = {}
@@ -34,19 +41,112 @@ def register(spec: ModelSpec) -> ModelSpec:
     return spec
 
 
-def get_denoiser(name_or_path: str, *, device="cpu", **options):
-    """A denoiser from a registered name or a checkpoint path."""
+def get_denoiser(name_or_path: str, *, device="cpu", root=None, download: bool = True, sha256: str | None = None,
+                 progress: bool = True, **options):
+    """A denoiser from a registered name or a checkpoint path.
+
+    A downloadable model's file lives at ``<root>/<filename>`` (root: the argument, else ``$DIRACTRAP_CHECKPOINTS``,
+    else ``data/checkpoints``); it is downloaded when missing (unless ``download=False``), verified against the
+    expected sha256 (``sha256=``, else the registry's, else the one recorded in the lock file on first download)
+    and loaded strictly. ``options`` go to the loader (``weights``, ``class_label``, ...) over the registry's.
+    """
     if name_or_path in REGISTRY:
         spec = REGISTRY[name_or_path]
         if spec.build is not None:
             return spec.build(device=device, **{**spec.options, **options})
-        raise NotImplementedError  # filled by the checkpoint registry (models issue)
+        path, digest = fetch_checkpoint(spec.name, root=root, download=download, sha256=sha256, progress=progress)
+        from .loading import load_denoiser
+
+        denoiser = load_denoiser(path, device=device, sha256=digest, name=spec.name, **{**spec.options, **options})
+        denoiser.info.update(architecture=denoiser.info.get("architecture") or spec.architecture,
+                             licence=spec.licence, url=spec.urls[0] if spec.urls else None)
+        return denoiser
     if Path(name_or_path).exists():
         from .loading import load_denoiser
 
-        return load_denoiser(name_or_path, device=device, **options)
+        return load_denoiser(name_or_path, device=device, sha256=sha256, **options)
     known = ", ".join(sorted(REGISTRY)) or "(none)"
     raise KeyError(f"unknown model {name_or_path!r}: not a registered name ({known}) and not an existing file")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Checkpoint files: where they live, download and verification, state for `diractrap models`
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def checkpoint_dir(root=None) -> Path:
+    """The checkpoint directory: ``root``, else ``$DIRACTRAP_CHECKPOINTS``, else ``data/checkpoints``."""
+    return Path(root if root is not None else os.environ.get(CHECKPOINTS_ENV) or DEFAULT_CHECKPOINTS)
+
+
+def _downloadable(name: str) -> ModelSpec:
+    spec = REGISTRY.get(name)
+    if spec is None:
+        raise KeyError(f"unknown model {name!r}; registered: {', '.join(sorted(REGISTRY))}")
+    if not spec.filename:
+        raise ValueError(f"model {name!r} is embedded: it has no checkpoint file")
+    return spec
+
+
+def checkpoint_path(name: str, root=None) -> Path:
+    """Where the checkpoint of a registered model is (or will be) stored."""
+    return checkpoint_dir(root) / _downloadable(name).filename
+
+
+def fetch_checkpoint(name: str, *, root=None, download: bool = True, sha256: str | None = None,
+                     progress: bool = True) -> tuple[Path, str]:
+    """The verified checkpoint file of a registered model and its sha256, downloading it if missing.
+
+    Expected hash: ``sha256`` (a pin from the config), else the registry's, else the lock file's record. A file
+    with no expected hash is trusted on first sight and its hash recorded in the lock; every later call verifies.
+    """
+    from .download import ChecksumError, ChecksumLock, download as fetch, sha256sum
+
+    spec = _downloadable(name)
+    path = checkpoint_path(name, root)
+    lock = ChecksumLock(path.parent)
+    record = lock.get(spec.filename)
+    pinned = (sha256 or spec.sha256 or "").lower() or None
+    expected = pinned or (record or {}).get("sha256")
+    size = spec.size or (record or {}).get("size")
+    where = "pinned" if pinned else f"recorded in {lock.path} on first download"
+    if not path.is_file():
+        if not download:
+            raise FileNotFoundError(f"checkpoint of {name!r} missing: download {spec.urls[0] if spec.urls else '(no URL)'} "
+                                    f"and place it at {path.absolute()} (or allow downloads)")
+        try:
+            digest = fetch(spec.urls, path, sha256=expected, size=size, progress=progress)
+        except ChecksumError as err:
+            raise ChecksumError(f"{err} (expected hash {where})") from None
+    else:
+        digest = sha256sum(path)
+        if (expected and digest != expected) or (size and path.stat().st_size != size):
+            raise ChecksumError(f"{path.absolute()} has sha256 {digest}, not {expected} ({where}): the file is damaged or "
+                                "another checkpoint; delete it to download it again")
+    if record is None or record.get("sha256") != digest:
+        lock.record(spec.filename, sha256=digest, size=path.stat().st_size, url=spec.urls[0] if spec.urls else None)
+    return path, digest
+
+
+def checkpoint_status(name: str, *, root=None, verify: bool = True) -> dict:
+    """State of a registered model's file: embedded, missing, partial, present (not verified), verified or mismatch."""
+    spec = REGISTRY[name]
+    if spec.build is not None:
+        return {"name": name, "state": "embedded", "path": None, "sha256": None}
+    from .download import ChecksumLock, sha256sum
+
+    path = checkpoint_path(name, root)
+    if not path.is_file():
+        part = path.with_name(path.name + ".part")
+        state = f"partial ({part.stat().st_size / 2**20:.0f} MiB)" if part.is_file() else "missing"
+        return {"name": name, "state": state, "path": str(path), "sha256": None}
+    record = ChecksumLock(path.parent).get(spec.filename) or {}
+    expected = spec.sha256 or record.get("sha256")
+    if not expected or not verify:
+        state = "present (no recorded hash)" if not expected else "present (not checked)"
+        return {"name": name, "state": state, "path": str(path), "sha256": None}
+    digest = sha256sum(path)
+    return {"name": name, "state": "verified" if digest == expected else "mismatch", "path": str(path), "sha256": digest}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -71,3 +171,61 @@ register(
         licence="same as the demo images",
     )
 )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The paper's pretrained priors (PAPER.md, "Pretrained models"): downloaded on first use, never redistributed.
+# Hashes are unknown here: the first download records them in the lock file; config/paper.yaml can pin them.
+# ---------------------------------------------------------------------------------------------------------------
+
+_EDM_CDN = "https://nvlabs-fi-cdn.nvidia.com/edm/pretrained/"
+
+register(
+    ModelSpec(
+        name="ffhq256",
+        description="Song et al. NCSN++ on FFHQ 256x256, continuous VE SDE (score_sde checkpoint_48.pth); "
+        "loaded with the raw `model` weights, as the paper's authors did (weights='ema' for the EMA)",
+        data_range=(0.0, 1.0),
+        resolution=256,
+        urls=("gdrive:1-mtdSwuefIZA0n85QWScQo2WRvJNWwUy",),  # Google Drive file id, fetched with gdown
+        filename="ffhq_256_ncsnpp_continuous_checkpoint_48.pth",
+        licence="score_sde release (Apache-2.0 code); trained on FFHQ (CC BY-NC-SA 4.0)",
+        options={"weights": "model"},
+        architecture="ncsnpp",
+        sigma_range=(0.01, 348.0),
+    )
+)
+
+for _name, _file, _what in (
+    ("ffhq64", "edm-ffhq-64x64-uncond-vp.pkl", "FFHQ 64x64"),
+    ("afhq64", "edm-afhqv2-64x64-uncond-vp.pkl", "AFHQv2 64x64"),
+):
+    register(
+        ModelSpec(
+            name=_name,
+            description=f"EDM (Karras et al. 2022) DDPM++ SongUNet on {_what}, unconditional, VP config, EDMPrecond",
+            data_range=(-1.0, 1.0),
+            resolution=64,
+            urls=(_EDM_CDN + _file,),
+            filename=_file,
+            licence="CC BY-NC-SA 4.0",
+            architecture="edm-ddpmpp",
+            sigma_range=(0.002, 80.0),
+        )
+    )
+
+register(
+    ModelSpec(
+        name="imagenet64",
+        description="EDM ADM DhariwalUNet on ImageNet 64x64, class-conditional only (1000 classes): the potential "
+        "uses each image's own label when the image set has labels, else class_label=... (a fixed class)",
+        data_range=(-1.0, 1.0),
+        resolution=64,
+        urls=(_EDM_CDN + "edm-imagenet-64x64-cond-adm.pkl",),
+        filename="edm-imagenet-64x64-cond-adm.pkl",
+        licence="CC BY-NC-SA 4.0 (model); ImageNet research terms (data)",
+        architecture="edm-adm",
+        sigma_range=(0.002, 80.0),
+    )
+)
+del _name, _file, _what
