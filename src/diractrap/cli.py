@@ -142,5 +142,70 @@ def _run_models(args) -> int:
 COMMANDS.append(_add_models)
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# demo-data, train-demo: the embedded demo images and the demo prior (diractrap.data, diractrap.train)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _add_demo_data(sub) -> None:
+    p = sub.add_parser("demo-data", help="write the demo crops (PNG) and their manifest",
+                       description="Write the demo crops of the pictures bundled with scikit-image, matplotlib and "
+                       "scikit-learn as OUT/{train,test}/*.png with OUT/manifest.json (sources, licences, scales, "
+                       "positions, sha256, split). Deterministic; no network.")
+    p.add_argument("out", help="output directory")
+    p.add_argument("--resolution", type=int, default=32, help="crop side in pixels (default 32)")
+    p.add_argument("--splits", nargs="+", default=["train", "test"], choices=["train", "test"])
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_run_demo_data)
+
+
+def _run_demo_data(args) -> int:
+    from .data import make_demo_crops
+
+    path = make_demo_crops(args.out, args.resolution, tuple(args.splits), progress=not args.no_progress)
+    print(f"wrote {path}")
+    return 0
+
+
+COMMANDS.append(_add_demo_data)
+
+
+def _add_train_demo(sub) -> None:
+    from .train import train_demo_prior
+
+    d = train_demo_prior.__kwdefaults__
+    p = sub.add_parser("train-demo", help="train the demo prior (EDM loss) on the demo training crops",
+                       description="Train the small EDM denoiser on the demo training crops, resuming from "
+                       "OUT/checkpoint.pt if present. Writes OUT/demo_prior.{pt,json} and OUT/loss.csv; copy the two "
+                       "demo_prior files into src/diractrap/assets/ to ship them.")
+    p.add_argument("out", help="run directory (checkpoint, loss log, final weights)")
+    p.add_argument("--steps", type=int, default=d["steps"])
+    p.add_argument("--batch-size", type=int, default=d["batch_size"])
+    p.add_argument("--lr", type=float, default=d["lr"])
+    p.add_argument("--seed", type=int, default=d["seed"])
+    p.add_argument("--no-bf16", action="store_true", help="train in float32 instead of bfloat16 autocast")
+    p.add_argument("--no-resume", action="store_true", help="start afresh even if OUT/checkpoint.pt exists")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads (default: torch's choice; use 1 on a machine shared with other jobs)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_run_train_demo)
+
+
+def _run_train_demo(args) -> int:
+    import torch
+
+    from .train import train_demo_prior
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    path = train_demo_prior(args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                            bf16=not args.no_bf16, resume=not args.no_resume, progress=not args.no_progress)
+    print(f"wrote {path}")
+    return 0
+
+
+COMMANDS.append(_add_train_demo)
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

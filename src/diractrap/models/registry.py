@@ -173,6 +173,27 @@ register(
 )
 
 
+def _build_demo(device="cpu", **kwargs):
+    from ..train import load_demo_prior
+
+    return load_demo_prior(device=device, **kwargs)  # verifies the shipped weights' sha256
+
+
+register(
+    ModelSpec(
+        name="demo",
+        description="small EDM denoiser (DDPM++ SongUNet, ~1.7 M parameters) trained on the demo crops; "
+        "weights ship in diractrap/assets (retrain: diractrap train-demo)",
+        data_range=(-1.0, 1.0),
+        resolution=32,
+        build=_build_demo,
+        licence="MIT (weights trained by this project on the demo images; see diractrap.data.DEMO_SOURCES)",
+        architecture="edm-ddpmpp",
+        sigma_range=(0.002, 80.0),
+    )
+)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # The paper's pretrained priors (PAPER.md, "Pretrained models"): downloaded on first use, never redistributed.
 # Hashes are unknown here: the first download records them in the lock file; config/paper.yaml can pin them.
