@@ -150,3 +150,16 @@ def test_get_denoiser_downloads_verifies_and_loads(monkeypatch, tmp_path):
     io = torch.load(shared_file("golden", "ncsnpp_ve_tiny_io.pt"), weights_only=True)
     with torch.no_grad():
         torch.testing.assert_close(den.score(io["x"], io["sigma"]), io["score_model_float32"], rtol=1e-5, atol=0)
+
+
+def test_get_denoiser_by_path_dispatches_edm_snapshots():
+    """A .pkl path goes to the restricted EDM unpickler; the result is the golden EDMPrecond output."""
+    io = torch.load(shared_file("golden", "edm_ddpmpp_io.pt"), weights_only=True)
+    den = get_denoiser(str(shared_file("golden", "edm_ddpmpp_snapshot_nosrc.pkl")), name="ddpmpp")
+    assert den.info["format"] == "edm" and den.info["name"] == "ddpmpp" and den.data_range == (-1.0, 1.0)
+    with torch.no_grad():
+        D = den(io["x"], io["sigma"])
+    # the same float32 network as the original (tests/test_models_edm.py pins it closely): a dispatch check here
+    assert (D - io["D_float32"]).abs().max() <= 1e-5 * io["D_float32"].abs().max()
+    with pytest.raises(ValueError, match="only the 'ema' network"):
+        get_denoiser(str(shared_file("golden", "edm_ddpmpp_snapshot_nosrc.pkl")), weights="model")
