@@ -55,7 +55,8 @@ def closed_form_map(prior, h, y, sigma, sigma_g):
     n = int(np.prod(shape))
     A = dense(lambda e: conv(e, h[:1], "valid"), n, shape)
     # the covariance S + sigma_g^2 I: apply the eigen-decomposition to basis vectors
-    S = dense(lambda e: prior._synthesis(prior._analysis(e) * prior.lam), n, shape) + sigma_g**2 * torch.eye(n, dtype=D64)
+    S = dense(lambda e: prior._synthesis(prior._analysis(e) * prior.lam), n, shape)
+    S = S + sigma_g**2 * torch.eye(n, dtype=D64)
     P = torch.linalg.inv(0.5 * (S + S.T))
     m = prior.mean.expand(shape).flatten()
     lhs = A.T @ A + sigma**2 * P
@@ -97,8 +98,8 @@ def test_grad_theta_matches_finite_differences():
     theta = 0.08 * torch.randn(B, K, K, generator=g, dtype=D64) + 1.0 / K**2  # some entries fall off the support
     h = project_simplex(theta, dims=2)
     assert (h == 0).any() and (h > 0).sum() > 5, "the test needs a partial support"
-    # stay away from the kinks of P: every theta_j is at least 1e-5 (100 eps) from its item's threshold tau (h = theta - tau
-    # on the support), so the finite differences below never cross one
+    # stay away from the kinks of P: every theta_j is at least 1e-5 (100 eps) from its item's threshold tau
+    # (h = theta - tau on the support), so the finite differences below never cross one
     tau = torch.stack([(theta[b] - h[b])[h[b] > 0][0] for b in range(B)]).view(B, 1, 1)
     assert (theta - tau).abs().min() > 1e-5
     grad = deconv.grad_theta(x, theta, y)

@@ -108,7 +108,9 @@ def data_term(x: Tensor, h: Tensor, y: Tensor) -> Tensor:
     return 0.5 * r.double().pow(2).flatten(1).sum(1)
 
 
-def objective(x: Tensor, h: Tensor, y: Tensor, q: Tensor, *, sigma: float = 0.01) -> dict[str, Tensor]:  # paper: sigma 0.01
+def objective(
+    x: Tensor, h: Tensor, y: Tensor, q: Tensor, *, sigma: float = 0.01  # paper: noise std 0.01
+) -> dict[str, Tensor]:
     """The terms of Ly(x, h): ``data`` = 1/2 ||h * x - y||^2, ``prior`` = sigma^2 q, ``total``; each (B,) float64.
 
     ``q`` (B,) is the potential of x in nats for images in [0, 1], e.g. ``potential.potential(denoiser, x).q``.
@@ -326,7 +328,9 @@ class Algorithm1Params:
     def resolved_gamma_x(self) -> float:
         if self.gamma_x is not None:
             return float(self.gamma_x)
-        return 0.05 if self.inner == "douglas-rachford" else default_gamma_x(self.sigma, self.sigma_g)  # authors: lr_x 5e-2
+        if self.inner == "douglas-rachford":
+            return 0.05  # authors' code: lr_x = 5e-2
+        return default_gamma_x(self.sigma, self.sigma_g)
 
     def resolved_dr_sigma(self) -> float:
         return self.sigma * math.sqrt(self.resolved_gamma_x()) if self.dr_sigma is None else float(self.dr_sigma)
@@ -338,9 +342,10 @@ class Algorithm1Result:
 
     x (B, C, H, W) and h, theta (B, K, K): the final iterates. ``trajectory``: numpy arrays over the snapshot
     iterations T: ``iteration`` (T,), ``x`` (T, B, C, H, W) float32, ``h`` (T, B, K, K), and per item (T, B):
-    ``data`` = 1/2||h*x - y||^2, ``grad_x`` = ||grad_x Ly|| at the last inner step, ``grad_theta`` = the norm of the kernel
-    direction used (J_P^T grad_h for "chain", grad_h for "projected"), ``gamma_h`` the kernel step used, ``spread`` = second moment of h (px^2), ``h_max``, and ``q``/``total``
-    when a potential function was given. ``settings``: the parameters and resolved step sizes.
+    ``data`` = 1/2||h*x - y||^2, ``grad_x`` = ||grad_x Ly|| at the last inner step, ``grad_theta`` = the norm of
+    the kernel direction used (J_P^T grad_h for "chain", grad_h for "projected"), ``gamma_h`` the kernel step
+    used, ``spread`` = second moment of h (px^2), ``h_max``, and ``q`` / ``total`` when a potential function was
+    given. ``settings``: the parameters and the resolved step sizes.
     """
 
     x: Tensor
@@ -433,7 +438,8 @@ def algorithm1(
     rel = np.logspace(math.log10(p.rel_step[0]), math.log10(p.rel_step[1]), max(p.n_ext, 1))
     keep = _snapshot_set(snapshots, p.n_ext)
 
-    traj: dict[str, list] = {k: [] for k in ("iteration", "x", "h", "data", "grad_x", "grad_theta", "gamma_h", "spread", "h_max")}
+    names = ("iteration", "x", "h", "data", "grad_x", "grad_theta", "gamma_h", "spread", "h_max")
+    traj: dict[str, list] = {k: [] for k in names}
     if q_fn is not None:
         traj["q"], traj["total"] = [], []
 
@@ -516,7 +522,8 @@ def make_problem(
     """y = valid(h * x) + sigma n for x (B, C, H, W) in [0, 1], h (K, K) or (B, K, K); n ~ N(0, I) per item."""
     clean = conv(x, h, "valid")
     ids = range(x.shape[0]) if item_ids is None else item_ids
-    noise = torch.stack([torch.randn(clean.shape[1:], generator=item_generator(seed, i), dtype=torch.float64) for i in ids])
+    shape = clean.shape[1:]
+    noise = torch.stack([torch.randn(shape, generator=item_generator(seed, i), dtype=torch.float64) for i in ids])
     return clean + sigma * noise.to(clean)
 
 
@@ -583,7 +590,9 @@ def _gauss_window(sigma: float, truncate: float, dtype, device) -> Tensor:
     return w / w.sum()
 
 
-def ssim(a: Tensor, b: Tensor, data_range: float = 1.0, *, sigma: float = 1.5, K1: float = 0.01, K2: float = 0.03) -> Tensor:
+def ssim(
+    a: Tensor, b: Tensor, data_range: float = 1.0, *, sigma: float = 1.5, K1: float = 0.01, K2: float = 0.03
+) -> Tensor:  # Wang et al. 2004: window std 1.5, K1 = 0.01, K2 = 0.03
     """Mean SSIM per item (B,) of (B, C, H, W) images (Wang et al. 2004: Gaussian window of std 1.5 truncated at
     3.5 std, i.e. 11 x 11, K1 = 0.01, K2 = 0.03, population covariances), averaged over the positions where the
     window fits and over the channels: skimage's structural_similarity(gaussian_weights=True, sigma=1.5,
@@ -635,7 +644,8 @@ def metrics(
     then h_hat[u - s] = h[u] gives the same blurry image, so ``kernel_error`` = ||h_hat[. - s] - h_true||_2.
     Defaults: crop = K // 2 (the border of x that y only sees partially), max_shift = K // 4 (at most crop).
 
-    Returns (B,) tensors: psnr, ssim (on the same shifted crop; NaN when it is under 11 x 11), mse, kernel_error, kernel_error_rel
+    Returns (B,) tensors: psnr, ssim (on the same shifted crop; NaN when it is under 11 x 11), mse, kernel_error,
+    kernel_error_rel
     (/ ||h_true||), dirac_distance = min_s ||h_hat - delta_s|| (small when h_hat is near a Dirac), spread
     (second moment of h_hat, px^2), shift_row, shift_col.
     """
@@ -657,10 +667,11 @@ def metrics(
             better = mse < best
             best = torch.where(better, mse, best)
             shifts[better.cpu()] = torch.tensor([dr, dc])
-    aligned = torch.stack([xh[i, :, crop + s[0] : H - crop + s[0], crop + s[1] : W - crop + s[1]] for i, s in enumerate(shifts.tolist())])
+    sh = shifts.tolist()
+    aligned = torch.stack([xh[i, :, crop + r : H - crop + r, crop + c : W - crop + c] for i, (r, c) in enumerate(sh)])
     hh = h_hat.double().expand(B, K, K)
     ht = h_true.double().expand(B, K, K)
-    hs = torch.stack([_shift_kernel(hh[i], s[0], s[1]) for i, s in enumerate(shifts.tolist())])
+    hs = torch.stack([_shift_kernel(hh[i], r, c) for i, (r, c) in enumerate(sh)])
     kerr = (hs - ht).flatten(1).norm(dim=1)
     sq = hh.flatten(1).pow(2).sum(1)
     return {
@@ -772,6 +783,9 @@ def save_result(path, result: Algorithm1Result, **extra: np.ndarray) -> None:
             np.savez_compressed(f, **arrays)
 
 
+_FINAL = ("data", "grad_x", "grad_theta", "spread", "h_max", "q", "total")  # trajectory columns reported at the end
+
+
 def table_rows(result: Algorithm1Result, scores: dict[str, Tensor] | None = None, **columns) -> list[dict]:
     """One tidy row per problem of the batch: the scalar settings, the step sizes used, the final objective
     terms, the metrics (``scores`` from :func:`metrics`) and any extra ``columns`` (scalars, or sequences of length
@@ -786,7 +800,7 @@ def table_rows(result: Algorithm1Result, scores: dict[str, Tensor] | None = None
         row = dict(fixed)
         g = st.get("gamma_h_used")
         row["gamma_h_used"] = g[b] if isinstance(g, list) else g
-        for k in ("data", "grad_x", "grad_theta", "spread", "h_max", "q", "total"):
+        for k in _FINAL:
             if k in result.trajectory:
                 row[f"final_{k}"] = float(result.trajectory[k][-1][b])
         for k, v in (scores or {}).items():
@@ -805,7 +819,7 @@ def summary(result: Algorithm1Result, scores: dict[str, Tensor] | None = None) -
     out = {
         "settings": result.settings,
         "iterations": int(t["iteration"][-1]),
-        "final": {k: t[k][-1].tolist() for k in ("data", "grad_x", "grad_theta", "spread", "h_max") + (("q", "total") if "q" in t else ())},
+        "final": {k: t[k][-1].tolist() for k in _FINAL if k in t},
     }
     if scores is not None:
         out["metrics"] = {k: torch.as_tensor(v).tolist() for k, v in scores.items()}
