@@ -1,0 +1,159 @@
+"""The experiment of Section 2.2: the potential q(h_theta * x) of blurred images, as a tidy table.
+
+For each image x, blur family and theta of a grid, the image h_theta * x is formed at the size of x (a same-size
+convolution with an explicit boundary rule, :func:`diractrap.blur.blur_same`; theta = 0 is delta, so the first
+point is x itself) and its potential q (nats, images in [0, 1]) is computed through the probability-flow ODE
+(:func:`diractrap.potential.potential`). Every blurred version of image i uses the Hutchinson probes of item i
+(common random numbers), so the differences q(h_theta * x) - q(x) are far more precise than each value.
+
+One row per (image, family, theta), with the settings that produced it (model, checkpoint sha256, solver,
+steps / tolerances, probes, seed, package versions): tables from different runs can be concatenated and compared.
+
+Sections: the sweep; merging chunk tables; potentials relative to theta = 0.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from . import __version__
+from .blur import blur_same
+from .kernels import kernel
+from .potential import potential
+
+__all__ = ["COLUMNS", "KEY", "sweep", "merge", "relative"]
+
+KEY = ["model", "family", "angle", "item", "theta"]  # one row per key
+COLUMNS = [
+    "model", "checkpoint_sha256", "image", "item", "label", "family", "angle", "theta", "kernel_size", "boundary",
+    "q", "stderr", "bits_per_dim", "nfe", "solver", "steps", "rho", "rtol", "atol", "divergence", "probe",
+    "n_probes", "seed", "sigma_min", "sigma_max", "dtype", "device", "diractrap_version", "torch_version",
+]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The sweep: images x theta in batches, one potential solve per batch
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def sweep(
+    denoiser,
+    images: Tensor,
+    family: str,
+    thetas,
+    *,
+    item_ids=None,
+    names=None,
+    labels: Tensor | None = None,
+    angle: float | None = None,  # motion only: degrees, 0 = horizontal
+    kernel_size: int = 21,  # paper: K = 21
+    boundary: str = "reflect",
+    batch_size: int = 16,
+    model: str | None = None,
+    checkpoint_sha256: str | None = None,
+    solver: str = "heun",
+    steps: int = 64,
+    rho: float = 7.0,
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+    divergence: str = "hutchinson",
+    probe: str = "rademacher",
+    n_probes: int = 1,
+    seed: int = 0,
+    progress: bool = False,
+) -> pd.DataFrame:
+    """q(h_theta * x) for every image x of ``images`` and every theta of ``thetas``, as a tidy DataFrame.
+
+    Args:
+        denoiser: a prior (:class:`diractrap.priors.Denoiser`); the images are moved to the device of its
+            parameters when it has any, else they stay where they are.
+        images: (B, C, H, W) in [0, 1].
+        family, thetas, angle, kernel_size: the blur kernels h_theta (:func:`diractrap.kernels.kernel`).
+        item_ids: (B,) the images' indices in their set: they seed the probes (default arange(B)); a chunk of a
+            larger set must pass its global indices so that its numbers do not depend on the chunking.
+        names: (B,) strings for the ``image`` column (default the item ids); labels: (B,) class indices for a
+            conditional prior (the ``label`` column holds -1 when None).
+        boundary: how h_theta * x is extended to the size of x ("reflect", "replicate", "circular", "zeros").
+        batch_size: (image, theta) pairs per solve; fixed-step results do not depend on it (per-item probes).
+        model, checkpoint_sha256: provenance (default: the denoiser's ``info`` dict when it has one).
+        solver, steps, rho, rtol, atol, divergence, probe, n_probes, seed: passed to
+            :func:`diractrap.potential.potential`.
+    Returns:
+        One row per (image, theta), columns :data:`COLUMNS`, ordered by image then theta.
+    """
+    if images.ndim != 4:
+        raise ValueError(f"images must be (B, C, H, W), got shape {tuple(images.shape)}")
+    B = images.shape[0]
+    ids = list(range(B)) if item_ids is None else [int(i) for i in item_ids]
+    names = [str(i) for i in ids] if names is None else [str(n) for n in names]
+    if len(ids) != B or len(names) != B or (labels is not None and len(labels) != B):
+        raise ValueError(f"item_ids, names and labels must have one entry per image ({B})")
+    thetas = [float(t) for t in thetas]
+    options = {"angle": float(angle)} if family == "motion" and angle is not None else {}
+    if family != "motion" and angle is not None:
+        raise ValueError(f"angle applies to the motion family only, not {family!r}")
+    h = kernel(family, thetas, kernel_size, dtype=images.dtype, **options).to(images.device)  # (T, K, K)
+
+    info = getattr(denoiser, "info", None) or {}
+    device = next(iter(denoiser.parameters())).device if hasattr(denoiser, "parameters") else images.device
+    pairs = [(b, t) for b in range(B) for t in range(len(thetas))]
+    rows = []
+    for start in tqdm(range(0, len(pairs), batch_size), desc=f"sweep {family}", disable=not progress):
+        bi, ti = map(list, zip(*pairs[start : start + batch_size]))
+        x = blur_same(images[bi], h[ti], boundary).to(device)
+        res = potential(denoiser, x, labels=None if labels is None else labels[bi].to(device), solver=solver,
+                        steps=steps, rho=rho, rtol=rtol, atol=atol, divergence=divergence, probe=probe,
+                        n_probes=n_probes, seed=seed, item_ids=[ids[b] for b in bi])
+        s = res.settings
+        for k, (b, t) in enumerate(zip(bi, ti)):
+            rows.append(dict(
+                model=model or info.get("name", type(denoiser).__name__),
+                checkpoint_sha256=checkpoint_sha256 or info.get("sha256", ""),
+                image=names[b], item=ids[b], label=-1 if labels is None else int(labels[b]),
+                family=family, angle=float(angle) if options else math.nan, theta=thetas[t],
+                kernel_size=kernel_size, boundary=boundary,
+                q=float(res.q[k]), stderr=float(res.stderr[k]), bits_per_dim=float(res.bits_per_dim[k]),
+                nfe=res.nfe, solver=solver, steps=s.get("steps", -1), rho=s.get("rho", math.nan),
+                rtol=s.get("rtol", math.nan), atol=s.get("atol", math.nan), divergence=divergence,
+                probe=s.get("probe", "none"), n_probes=s.get("n_probes", 0), seed=seed,
+                sigma_min=s["sigma_min"], sigma_max=s["sigma_max"], dtype=s["dtype"], device=s["device"],
+                diractrap_version=__version__, torch_version=torch.__version__,
+            ))
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Merging chunk tables (the workflow splits a sweep into jobs: model x family x chunk of images)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def merge(tables) -> pd.DataFrame:
+    """Concatenate sweep tables (DataFrames or parquet paths), sorted by :data:`KEY`; a repeated key is an error."""
+    frames = [t if isinstance(t, pd.DataFrame) else pd.read_parquet(t) for t in tables]
+    if not frames:
+        raise ValueError("merge needs at least one table")
+    df = pd.concat(frames, ignore_index=True)
+    dup = df.duplicated(KEY, keep=False)
+    if dup.any():
+        first = df.loc[dup, KEY].iloc[0].to_dict()
+        raise ValueError(f"{int(dup.sum())} rows share a key (model, family, angle, item, theta), e.g. {first}")
+    return df.sort_values(KEY, na_position="first", ignore_index=True)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Potentials relative to the sharp image (theta = 0): Delta q = q(h_theta * x) - q(x), per image
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def relative(df: pd.DataFrame) -> pd.Series:
+    """q - q(theta = 0) of the same (model, family, angle, image), in nats; needs theta = 0 for every image."""
+    keys = [df[c] for c in ("model", "family", "angle", "item")]
+    ref = df["q"].where(df["theta"] == 0).groupby(keys, dropna=False).transform("first")
+    if ref.isna().any():
+        raise ValueError("relative potentials need theta = 0 for every (model, family, angle, image) of the table")
+    return (df["q"] - ref).rename("dq")
