@@ -1,0 +1,275 @@
+"""Figures 1-5 of the paper, drawn from result tables only (no network evaluation: CPU, seconds).
+
+Inputs are what the workflow's compute rules write: the sweep tables (:mod:`diractrap.sweeps`), image sets
+(:mod:`diractrap.datasets`), the kernel gallery, and Algorithm 1's snapshot files (:func:`diractrap.deconv.save_result`,
+read with :func:`load_run`). Every figure uses the one style file ``diractrap.mplstyle`` and is written atomically by
+:func:`save` (PDF without a creation date, so that reruns give identical files).
+
+Sections: style and saving; drawing helpers; Figure 1 (one image, Gaussian blur, its potentials); Figure 2 (the
+four families); Figure 3 (q against theta over images); Figures 4 and 5 (Algorithm 1); the demo prior's samples.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display needed on a cluster node
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+
+from .data import atomic_path  # noqa: E402
+
+__all__ = ["STYLE", "use_style", "save", "kernel_gallery", "load_run", "fig1", "fig2", "fig3", "fig4", "fig5",
+           "samples_figure"]
+
+STYLE = Path(__file__).with_name("diractrap.mplstyle")
+WIDTH = 7.0  # inches: a two-column paper's text width
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Style and saving
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def use_style() -> None:
+    """Apply the project's matplotlib style (every figure function calls it)."""
+    plt.style.use(str(STYLE))
+
+
+def save(fig, *paths) -> list[Path]:
+    """Write ``fig`` to each path (format from the suffix: .pdf, .png, ...) atomically, then close it."""
+    out = []
+    for path in map(Path, paths):
+        fmt = path.suffix.lstrip(".").lower()
+        meta = {"CreationDate": None} if fmt == "pdf" else {}  # no timestamp: identical files on rerun
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format=fmt, metadata=meta)
+        out.append(path)
+    plt.close(fig)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Drawing helpers: images (C, H, W) in [0, 1] and kernels (K, K) scaled to their maximum
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _image(ax, x) -> None:
+    a = np.clip(np.asarray(x, dtype=np.float64), 0, 1)
+    ax.imshow(a[0] if a.shape[0] == 1 else a.transpose(1, 2, 0), cmap="gray" if a.shape[0] == 1 else None,
+              vmin=0, vmax=1)
+    _bare(ax)
+
+
+def _kernel(ax, h) -> None:
+    h = np.asarray(h, dtype=np.float64)
+    ax.imshow(h, cmap="inferno", vmin=0, vmax=max(h.max(), 1e-12))
+    _bare(ax)
+
+
+def _bare(ax) -> None:
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.grid(False)
+    for s in ax.spines.values():
+        s.set_visible(False)
+
+
+def kernel_gallery(families: dict, kernel_size: int = 21) -> dict[str, np.ndarray]:  # paper: K = 21
+    """The kernels Figure 2 draws: ``families`` maps a family to {"thetas": [...], "angle": deg (motion)};
+    returns arrays ``<family>_thetas`` (T,) and ``<family>_kernels`` (T, K, K) float64 (a table for the figure)."""
+    from .kernels import kernel
+
+    out = {}
+    for family, spec in families.items():
+        opts = {"angle": spec["angle"]} if family == "motion" and spec.get("angle") is not None else {}
+        thetas = np.asarray(spec["thetas"], dtype=np.float64)
+        out[f"{family}_thetas"] = thetas
+        out[f"{family}_kernels"] = kernel(family, thetas.tolist(), kernel_size, dtype=torch.float64, **opts).numpy()
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Figure 1: one image under Gaussian blur and its potentials (Section 2.2)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def fig1(table: pd.DataFrame, images, *, item: int, thetas, family: str = "gaussian", kernel_size: int = 21,
+         boundary: str = "reflect", angle: float | None = None, title: str | None = None):
+    """Blurred versions h_theta * x of image ``item`` of the image set ``images`` (:class:`ImageSet`) for the shown
+    ``thetas``, each with its potential, above the curve q(h_theta * x) - q(x) over the table's whole theta grid."""
+    from .blur import blur_same
+    from .kernels import kernel
+
+    use_style()
+    rows = table[(table["item"] == item) & (table["family"] == family)].sort_values("theta")
+    if rows.empty:
+        raise ValueError(f"the table has no rows for image {item} and family {family!r}")
+    missing = sorted(set(map(float, thetas)) - set(rows["theta"]))
+    if missing or 0.0 not in set(rows["theta"]):
+        raise ValueError(f"Figure 1 shows thetas {missing or [0.0]} that the sweep table lacks: add them to its grid")
+    q0 = rows.loc[rows["theta"] == 0, "q"].item()
+    opts = {"angle": angle} if family == "motion" and angle is not None else {}
+    x = images.tensor([item]).double()
+    n = len(thetas)
+    fig = plt.figure(figsize=(WIDTH, 0.95 * WIDTH / n + 1.9))
+    grid = fig.add_gridspec(2, n, height_ratios=[WIDTH / n, 1.9], hspace=0.45)
+    for j, t in enumerate(thetas):
+        ax = fig.add_subplot(grid[0, j])
+        h = kernel(family, float(t), kernel_size, dtype=torch.float64, **opts)
+        _image(ax, blur_same(x, h, boundary)[0].numpy())
+        q = rows.loc[rows["theta"] == float(t), "q"].item()
+        ax.set_title(f"θ = {t:g}\nq − q(x) = {q - q0:+.1f}", fontsize=7)
+    ax = fig.add_subplot(grid[1, :])
+    ax.plot(rows["theta"], rows["q"] - q0, marker="o", color="C0")
+    ax.plot(list(map(float, thetas)), [rows.loc[rows["theta"] == float(t), "q"].item() - q0 for t in thetas],
+            "o", mfc="none", ms=7, color="C1", label="shown above")
+    ax.set_xlabel(f"θ ({family} blur, pixels)")
+    ax.set_ylabel("q(h_θ ⋆ x) − q(x)  [nats]")
+    ax.legend(loc="upper right")
+    if title:
+        fig.suptitle(title, y=1.0)
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Figure 2: the four blur families for increasing theta, one row each
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def fig2(gallery: dict):
+    """One row per family of ``gallery`` (:func:`kernel_gallery`), one column per theta, kernels scaled to their max."""
+    use_style()
+    families = [k.removesuffix("_thetas") for k in gallery if k.endswith("_thetas")]
+    ncol = max(len(gallery[f"{f}_thetas"]) for f in families)
+    size = WIDTH / (ncol + 0.6)
+    fig, axes = plt.subplots(len(families), ncol, figsize=(WIDTH, size * len(families) * 1.15), squeeze=False)
+    for i, f in enumerate(families):
+        thetas, hs = gallery[f"{f}_thetas"], gallery[f"{f}_kernels"]
+        for j in range(ncol):
+            ax = axes[i, j]
+            if j >= len(thetas):
+                ax.axis("off")
+                continue
+            _kernel(ax, hs[j])
+            ax.set_title(f"θ = {thetas[j]:g}", fontsize=7)
+        axes[i, 0].set_ylabel(f, fontsize=8)
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Figure 3: q(h_theta * x) against theta, mean and spread over images, one curve per family, one panel per model
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def fig3(panels, *, relative: bool = True, band=(0.1, 0.9), ncols: int = 2):
+    """``panels``: a list of (title, sweep table). Each panel: per family, the mean over images of
+    q(h_theta * x) - q(x) (``relative``, nats) or of q, with a band between the ``band`` quantiles over images."""
+    from .sweeps import relative as dq
+
+    use_style()
+    n = len(panels)
+    ncols = min(ncols, n)
+    nrows = -(-n // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(WIDTH * ncols / 2, 2.3 * nrows), squeeze=False)
+    for ax, (title, df) in zip(axes.flat, panels):
+        df = df.assign(value=dq(df) if relative else df["q"])
+        for k, (family, g) in enumerate(df.groupby("family", sort=False)):
+            stats = g.groupby("theta")["value"]
+            mean = stats.mean()
+            lo, hi = stats.quantile(band[0]), stats.quantile(band[1])
+            ax.plot(mean.index, mean.to_numpy(), marker="o", color=f"C{k}", label=family)
+            ax.fill_between(mean.index, lo.to_numpy(), hi.to_numpy(), color=f"C{k}", alpha=0.18, lw=0)
+        images = df["item"].nunique()
+        ax.set_title(f"{title} ({images} images)")
+        ax.set_xlabel("θ (pixels)")
+        ax.set_ylabel("q(h_θ ⋆ x) − q(x)  [nats]" if relative else "q(h_θ ⋆ x)  [nats]")
+        if relative:
+            ax.axhline(0, color="0.5", lw=0.6)
+    for ax in axes.flat[n:]:
+        ax.axis("off")
+    axes.flat[0].legend(loc="lower left")
+    fig.tight_layout()
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Figures 4 and 5: Algorithm 1 (Section 4)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def load_run(path) -> dict[str, np.ndarray]:
+    """The arrays of an Algorithm 1 result file (:func:`diractrap.deconv.save_result`), settings excluded."""
+    with np.load(path, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files if k != "settings"}
+
+
+def _nearest(iterations: np.ndarray, wanted) -> list[int]:
+    return [int(np.abs(iterations - w).argmin()) for w in wanted]
+
+
+def fig4(truth: dict, runs: dict, *, snapshots, item: int = 0):
+    """Iterates of Algorithm 1 from each start (``runs``: start name -> :func:`load_run` dict) at the recorded
+    iterations nearest to ``snapshots``: for each start a row of images x_n and a row of kernels h_n, with the
+    true image and kernel (``truth``: x_true (C, H, W), h_true (K, K)) in the last column."""
+    use_style()
+    n = len(snapshots)
+    fig, axes = plt.subplots(2 * len(runs), n + 1, figsize=(WIDTH, WIDTH / (n + 1) * 2 * len(runs) * 1.12),
+                             squeeze=False)
+    for r, (start, run) in enumerate(runs.items()):
+        its = run["traj_iteration"]
+        for j, k in enumerate(_nearest(its, snapshots)):
+            _image(axes[2 * r, j], run["traj_x"][k, item])
+            _kernel(axes[2 * r + 1, j], run["traj_h"][k, item])
+            axes[2 * r, j].set_title(f"n = {its[k]}", fontsize=7)
+        axes[2 * r, 0].set_ylabel(f"{start}: x", fontsize=8)
+        axes[2 * r + 1, 0].set_ylabel(f"{start}: h", fontsize=8)
+        _image(axes[2 * r, n], truth["x_true"])
+        _kernel(axes[2 * r + 1, n], truth["h_true"])
+        axes[2 * r, n].set_title("truth", fontsize=7)
+    return fig
+
+
+def fig5(columns):
+    """One column per pair, rows x̄, h̄, y, x̂, ĥ. ``columns``: dicts with x_true, h_true, y, x_hat, h_hat and an
+    optional title ((C, H, W) images in [0, 1], (K, K) kernels)."""
+    use_style()
+    rows = [("x̄", "x_true", _image), ("h̄", "h_true", _kernel), ("y", "y", _image), ("x̂", "x_hat", _image),
+            ("ĥ", "h_hat", _kernel)]
+    n = len(columns)
+    fig, axes = plt.subplots(len(rows), n, figsize=(WIDTH * min(n, 4) / 4, WIDTH * min(n, 4) / 4 / n * 5.4),
+                             squeeze=False)
+    for j, col in enumerate(columns):
+        for i, (label, key, draw) in enumerate(rows):
+            draw(axes[i, j], col[key])
+            if j == 0:
+                axes[i, j].set_ylabel(label, fontsize=9, rotation=0, labelpad=12, va="center")
+        if col.get("title"):
+            axes[0, j].set_title(col["title"], fontsize=7)
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The demo prior's samples (a check that the embedded prior learned images)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def samples_figure(samples, *, ncols: int = 8, title: str | None = None):
+    """A grid of samples (N, C, H, W) in [0, 1]."""
+    use_style()
+    samples = np.asarray(samples)
+    n = len(samples)
+    nrows = -(-n // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(WIDTH, WIDTH / ncols * nrows), squeeze=False)
+    for ax in axes.flat:
+        _bare(ax)
+    for ax, s in zip(axes.flat, samples):
+        _image(ax, s)
+    if title:
+        fig.suptitle(title)
+    return fig
