@@ -88,3 +88,20 @@ def test_bad_arguments_are_named(prior, images):
         sweep(prior, images, "gaussian", [0.0], angle=45, kernel_size=K)
     with pytest.raises(ValueError, match="one entry per image"):
         sweep(prior, images, "gaussian", [0.0], item_ids=[0], kernel_size=K)
+
+
+def test_cli_sweep_writes_the_table_of_the_library_call(tmp_path):
+    from diractrap.cli import main
+    from diractrap.data import demo_images, save_image
+    from diractrap.models import get_denoiser
+
+    x = demo_images("test", 32)[:2]
+    files = [save_image(x[i], tmp_path / f"{i}.png") for i in range(2)]
+    out = tmp_path / "t.csv"
+    argv = ["sweep", *map(str, files), "--model", "gaussian-demo", "--family", "airy", "--thetas", "0", "1.5",
+            "--steps", "4", "--n-probes", "1", "--out", str(out), "--no-progress"]
+    assert main(argv) == 0
+    got = pd.read_csv(out)
+    ref = sweep(get_denoiser("gaussian-demo"), x, "airy", [0, 1.5], steps=4, n_probes=1)  # PNG: 8-bit exact
+    np.testing.assert_allclose(got.q.to_numpy(), ref.q.to_numpy(), rtol=1e-12)
+    assert got.image.tolist() == [str(f) for f in files for _ in range(2)]
