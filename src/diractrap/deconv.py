@@ -218,20 +218,19 @@ def _cg(apply, b: Tensor, x0: Tensor, n_iter: int, tol: float) -> Tensor:
     return x
 
 
-def _dr_steps(denoiser, x, h, y, n, *, gamma, sigma_d, clamp, cg_iter, cg_tol, labels, where):
+def _dr_steps(denoiser, z, h, y, n, *, gamma, sigma_d, clamp, cg_iter, cg_tol, labels, where):
     """Douglas-Rachford on 1/2||h*x - y||^2 + sigma^2 q(x) with the denoiser as the prior's proximal step.
 
-    z is started at x; each step: x = D(z, sigma_d) (prox of gamma sigma^2 q when sigma_d^2 = gamma sigma^2),
+    From the state z, each step: x = D(z, sigma_d) (prox of gamma sigma^2 q when sigma_d^2 = gamma sigma^2),
     z <- z + prox_{gamma f}(2x - z) - x with prox_{gamma f}(v) = (A^T A + I/gamma)^{-1} (A^T y + v/gamma) by CG,
-    z clipped to [-clamp, 1 + clamp] as the authors do. Returns D(z, sigma_d).
+    z clipped to [-clamp, 1 + clamp] as the authors do. Returns (D(z, sigma_d), z).
     """
     Aty = conv_adjoint(y, h, "valid")
 
     def normal(u):
         return conv_adjoint(conv(u, h, "valid"), h, "valid") + u / gamma
 
-    z = x
-    u = x
+    u = z
     for i in range(n):
         x = denoise_unit(denoiser, z, sigma_d, labels)
         _check_finite(x, "the denoiser output D(z, sigma_d)", f"{where}, Douglas-Rachford step {i}")
@@ -239,7 +238,7 @@ def _dr_steps(denoiser, x, h, y, n, *, gamma, sigma_d, clamp, cg_iter, cg_tol, l
         u = _cg(normal, Aty + v / gamma, u, cg_iter, cg_tol)
         _check_finite(u, "the data proximal step (conjugate gradients)", f"{where}, Douglas-Rachford step {i}")
         z = (z + u - x).clamp(-clamp, 1 + clamp)
-    return denoise_unit(denoiser, z, sigma_d, labels)
+    return denoise_unit(denoiser, z, sigma_d, labels), z
 
 
 @torch.no_grad()
@@ -289,7 +288,8 @@ class Algorithm1Params:
     """Parameters of Algorithm 1. Paper values where the paper gives them; the rest say where they come from.
 
     inner: "gradient" (the paper: N_in steps x <- x - gamma_x grad_x Ly) or "douglas-rachford" (the authors' code:
-        N_in Douglas-Rachford steps with the denoiser D(., dr_sigma) as the proximal step of the prior).
+        N_in Douglas-Rachford steps with the denoiser D(., dr_sigma) as the proximal step of the prior; the DR
+        state z is carried over between outer iterations and reset with x, where the authors restart it at x).
     kernel_step: "chain" (the paper: theta <- theta - gamma_h J_P(theta)^T grad_h Ly, h = P(theta)) or "projected"
         (the authors' code: theta <- P(theta - gamma_h grad_h Ly), so theta stays on the simplex and h = theta).
     kernel_schedule: "constant" (gamma_h) or "log-relative" (the authors' code: gamma_h,n = clip(r_n max|h| /
@@ -431,6 +431,7 @@ def algorithm1(
     gamma_x = p.resolved_gamma_x()
     x_reset = extend(y, K, p.pad)
     x = x_reset.clone()
+    z = x_reset.clone()  # the Douglas-Rachford state, carried from one outer iteration to the next
     if p.gamma_h is None:
         gamma_h_const = 1.0 / kernel_lipschitz(x_reset, K)  # per problem, fixed for the whole run
     else:
@@ -466,14 +467,14 @@ def algorithm1(
     for n in tqdm(range(p.n_ext), disable=not progress, desc="Algorithm 1", unit="it"):
         h = project_simplex(theta, dims=2)
         if n % p.reset == 0:
-            x = x_reset.clone()
+            x, z = x_reset.clone(), x_reset.clone()
         where = f"outer iteration n = {n}"
         if p.inner == "gradient":
             x, gx = _gd_steps(denoiser, x, h, y, p.n_in, sigma=p.sigma, sigma_g=p.sigma_g, gamma_x=gamma_x,
                               labels=labels, where=where)
         else:
-            x = _dr_steps(denoiser, x, h, y, p.n_in, gamma=gamma_x, sigma_d=p.resolved_dr_sigma(), clamp=p.dr_clamp,
-                          cg_iter=p.cg_iter, cg_tol=p.cg_tol, labels=labels, where=where)
+            x, z = _dr_steps(denoiser, z, h, y, p.n_in, gamma=gamma_x, sigma_d=p.resolved_dr_sigma(),
+                             clamp=p.dr_clamp, cg_iter=p.cg_iter, cg_tol=p.cg_tol, labels=labels, where=where)
             gx = grad_x(denoiser, x, h, y, sigma=p.sigma, sigma_g=p.sigma_g, labels=labels) if (n + 1) in keep else None
         _check_finite(x, "the image x", where)
         gh_h = grad_h(x, h, y)
