@@ -1,0 +1,454 @@
+"""The image potential q(x) = -log p(x) of a diffusion prior, through the probability-flow ODE (Section 2).
+
+For a denoiser D (the prior, :mod:`diractrap.priors`) the sigma-marginals p_sigma = p * N(0, sigma^2 I) are
+transported into one another by the probability-flow ODE, in EDM's sigma parameterisation
+
+    dz/dsigma = (z - D(z, sigma)) / sigma,        z(sigma_min) = z0 (the image, in the denoiser's native range),
+
+and the instantaneous change of variables gives the log-density along the path:
+
+    q_native(z0) = -log p_{sigma_min}(z0) = -log N(z(sigma_max); 0, sigma_max^2 I)
+                   - int_{sigma_min}^{sigma_max} (N - div D(z(sigma), sigma)) / sigma dsigma.          (Section 2)
+
+The end-point density p_{sigma_max} is replaced by N(0, sigma_max^2 I): this ignores the data's mean and covariance,
+an error of about |mean| / sigma_max nats per dimension (PAPER.md); :func:`gaussian_flow_potential` computes, for
+a Gaussian prior, the exact value the ODE converges to, which separates this error from the solver's.
+
+Both solvers integrate in s = ln sigma, where the equations read dz/ds = z - D(z, e^s) and
+d(ell)/ds = N - div D: the Jacobian of the drift, I - dD/dz, has eigenvalues in [0, 1] for any MMSE denoiser of a
+Gaussian, so the problem is not stiff on this scale (score_sde's VE time t is the same variable up to an affine
+map). The divergence integral ell is carried in float64 alongside the state, whose dtype is the image's.
+
+Units: the denoiser works in its native range and sigma units; the result is converted once, at the end, to nats
+for images in [0, 1]: for a prior on [-1, 1] (z = 2x - 1), q(x) = q_native(2x - 1) - N ln 2.
+
+Sections: the result; probes (per-item generators, common random numbers); the drift and its divergence; the
+solvers (Heun on EDM's rho-schedule, Dormand-Prince 5(4)); the public entry point; the Gaussian oracle.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass, field
+from fractions import Fraction
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from .priors import check_denoiser, range_scale, to_native
+
+__all__ = [
+    "PotentialResult",
+    "potential",
+    "make_probes",
+    "item_generator",
+    "rho_schedule",
+    "gaussian_flow_potential",
+    "SOLVERS",
+    "PROBES",
+]
+
+SOLVERS = ("heun", "dopri5")
+PROBES = ("rademacher", "gaussian")
+DIVERGENCES = ("hutchinson", "exact")
+MAX_EXACT_DIM = 4096  # exact divergence costs N VJPs per evaluation: beyond this, use Hutchinson
+_EXACT_ITEMS_PER_PASS = 512  # replicated images per forward pass of the exact divergence
+_MAX_ADAPTIVE_STEPS = 20_000  # accepted + rejected steps before dopri5 gives up
+BITS_OFFSET_8BIT = 8.0  # log2(256): bits/dim for pixel values on the 8-bit scale, as score_sde reports them
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The result
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PotentialResult:
+    """q(x) for a batch of images, with its Monte-Carlo error and the settings that produced it.
+
+    q:            (B,) float64, nats, q(x) = -log p_{sigma_min}(x) for images x in [0, 1] (smaller = more probable;
+                  often negative: densities at small sigma_min are >> 1).
+    stderr:       (B,) float64, Monte-Carlo standard error of q: std across the M probes / sqrt(M); 0 for the exact
+                  divergence; NaN for one probe (not estimable: use n_probes >= 2).
+    nfe:          denoiser evaluations of the solve (for the whole batch: the batch shares them).
+    bits_per_dim: (B,) q / (N ln 2) + 8, the likelihood literature's bits/dim (pixel values on the 8-bit scale,
+                  no dequantisation; comparable with score_sde's reports).
+    settings:     everything needed to reproduce the numbers (solver, steps / tolerances, probes, seed, sigmas).
+    """
+
+    q: Tensor
+    stderr: Tensor
+    nfe: int
+    bits_per_dim: Tensor
+    settings: dict = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Probes: one generator per (seed, item), so q(h_theta * x_i) at every theta reuses the same probes
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def item_generator(seed: int, item_id: int) -> torch.Generator:
+    """A CPU generator seeded from (seed, item_id) through numpy's SeedSequence (well mixed, stable across runs)."""
+    if seed < 0 or item_id < 0:
+        raise ValueError(f"seed and item ids must be >= 0, got seed={seed}, item_id={item_id}")
+    state = np.random.SeedSequence([int(seed), int(item_id)]).generate_state(1, dtype=np.uint64)[0]
+    return torch.Generator().manual_seed(int(state))
+
+
+def make_probes(shape, n_probes: int, *, seed: int = 0, item_ids=None, kind: str = "rademacher",
+                dtype=torch.float32, device=None) -> Tensor:
+    """Hutchinson probes for a batch of images of shape (B, C, H, W): a tensor (B, M, C, H, W).
+
+    Item i's M probes come from ``item_generator(seed, item_ids[i])`` (drawn on the CPU, then moved), so they do
+    not depend on the batch an item is in nor on the device. ``item_ids`` defaults to arange(B); pass the image's
+    index to reuse the same probes for every blurred version of that image (common random numbers).
+    ``kind``: "rademacher" (+-1, so |eps|^2 = N exactly) or "gaussian" (N(0, 1) entries).
+    """
+    if kind not in PROBES:
+        raise ValueError(f"probe kind must be one of {PROBES}, got {kind!r}")
+    if n_probes < 1:
+        raise ValueError(f"n_probes must be >= 1, got {n_probes}")
+    B, *item_shape = tuple(shape)
+    ids = range(B) if item_ids is None else [int(i) for i in item_ids]
+    if len(ids) != B:
+        raise ValueError(f"item_ids has {len(ids)} entries for a batch of {B}")
+    out = []
+    for i in ids:
+        g = item_generator(seed, i)
+        if kind == "rademacher":
+            eps = torch.randint(0, 2, (n_probes, *item_shape), generator=g, dtype=torch.int8).to(dtype) * 2 - 1
+        else:
+            eps = torch.randn((n_probes, *item_shape), generator=g, dtype=torch.float64).to(dtype)
+        out.append(eps)
+    return torch.stack(out).to(device)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The drift z - D(z, sigma) and the divergence integrand N - div D (both per unit of s = ln sigma)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class _Drift:
+    """Evaluates (z - D(z, sigma), N - div_z D(z, sigma)) and counts the denoiser evaluations.
+
+    The divergence is (B, M) float64: one Hutchinson estimate per probe (N - eps^T J eps, one VJP per probe
+    through a single forward pass), or (B, 1) exact, from N VJPs with the basis vectors in replicated batches.
+    """
+
+    def __init__(self, denoiser, labels, probes: Tensor | None):
+        self.denoiser, self.labels, self.probes, self.nfe = denoiser, labels, probes, 0
+
+    def __call__(self, z: Tensor, sigma: float) -> tuple[Tensor, Tensor]:
+        self.nfe += 1
+        if self.probes is None:
+            return self._exact(z, sigma)
+        B, M = self.probes.shape[:2]
+        N = z[0].numel()
+        with torch.enable_grad():
+            zg = z.detach().requires_grad_(True)
+            D = self.denoiser(zg, z.new_full((B,), sigma), self.labels)
+            div = torch.empty(B, M, dtype=torch.float64, device=z.device)
+            for m in range(M):
+                eps = self.probes[:, m]
+                (v,) = torch.autograd.grad(D, zg, eps, retain_graph=m < M - 1)
+                div[:, m] = (v * eps).flatten(1).sum(1, dtype=torch.float64)
+        return (z - D).detach(), N - div
+
+    def _exact(self, z: Tensor, sigma: float) -> tuple[Tensor, Tensor]:
+        B, N = z.shape[0], z[0].numel()
+        k = max(1, min(N, _EXACT_ITEMS_PER_PASS // B))  # basis vectors per pass
+        div = torch.zeros(B, dtype=torch.float64, device=z.device)
+        labels = self.labels
+        D0 = None
+        for start in range(0, N, k):
+            idx = torch.arange(start, min(start + k, N), device=z.device)
+            kk = len(idx)
+            basis = torch.zeros(kk, N, dtype=z.dtype, device=z.device)
+            basis[torch.arange(kk), idx] = 1
+            with torch.enable_grad():
+                zr = z.detach().repeat_interleave(kk, dim=0).requires_grad_(True)  # (B * kk, C, H, W), item-major
+                lr = None if labels is None else labels.repeat_interleave(kk, dim=0)
+                D = self.denoiser(zr, z.new_full((B * kk,), sigma), lr)
+                (v,) = torch.autograd.grad(D, zr, basis.view(1, kk, *z.shape[1:]).expand(B, -1, -1, -1, -1).reshape(zr.shape))
+            div += v.reshape(B, kk, N)[:, torch.arange(kk), idx].sum(1, dtype=torch.float64)
+            if D0 is None:
+                D0 = D.detach().reshape(B, kk, *z.shape[1:])[:, 0]
+        return z - D0, (N - div)[:, None]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Solvers in s = ln sigma: state (z, ell), z in the image dtype, ell (B, M) float64
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def rho_schedule(sigma_min: float, sigma_max: float, steps: int, rho: float = 7.0) -> Tensor:  # EDM: rho = 7
+    """EDM's noise levels sigma_i = (sigma_min^(1/rho) + i/n (sigma_max^(1/rho) - sigma_min^(1/rho)))^rho, i = 0..n,
+    increasing from sigma_min to sigma_max (float64, (steps + 1,)); rho -> infinity spaces them evenly in ln sigma."""
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    t = torch.linspace(0, 1, steps + 1, dtype=torch.float64)
+    lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
+    s = (lo + t * (hi - lo)) ** rho
+    s[0], s[-1] = sigma_min, sigma_max
+    return s
+
+
+def _heun(drift: _Drift, z: Tensor, sigmas: Tensor, M: int, pbar) -> tuple[Tensor, Tensor]:
+    """Heun's second-order method (explicit trapezoid) on the given grid of sigmas, in s = ln sigma: 2 evaluations
+    per step. Every image follows the same grid, so results do not depend on the batch composition."""
+    ell = torch.zeros(z.shape[0], M, dtype=torch.float64, device=z.device)
+    s = torch.log(sigmas).tolist()
+    for i in range(len(s) - 1):
+        h = s[i + 1] - s[i]
+        g0, a0 = drift(z, math.exp(s[i]))
+        z_pred = z + h * g0
+        g1, a1 = drift(z_pred, math.exp(s[i + 1]))
+        z = z + (0.5 * h) * (g0 + g1)
+        ell = ell + (0.5 * h) * (a0 + a1)
+        pbar.update(1)
+    return z, ell
+
+
+# Dormand-Prince 5(4) tableau (Dormand & Prince 1980): nodes c, stages a, 5th-order weights b, and the error
+# weights e = b - b* (b* the embedded 4th-order weights); the 7th stage is the first of the next step (FSAL).
+_DP_C = [0, 1 / 5, 3 / 10, 4 / 5, 8 / 9, 1, 1]
+_DP_A = [
+    [],
+    [1 / 5],
+    [3 / 40, 9 / 40],
+    [44 / 45, -56 / 15, 32 / 9],
+    [19372 / 6561, -25360 / 2187, 64448 / 6561, -212 / 729],
+    [9017 / 3168, -355 / 33, 46732 / 5247, 49 / 176, -5103 / 18656],
+]
+_DP_B5 = [Fraction(35, 384), 0, Fraction(500, 1113), Fraction(125, 192), Fraction(-2187, 6784), Fraction(11, 84), 0]
+_DP_B4 = [Fraction(5179, 57600), 0, Fraction(7571, 16695), Fraction(393, 640), Fraction(-92097, 339200),
+          Fraction(187, 2100), Fraction(1, 40)]
+_DP_B = [float(b) for b in _DP_B5]
+_DP_E = [float(b - bs) for b, bs in zip(_DP_B5, _DP_B4)]
+
+
+def _combine(y, h: float, weights, ks):
+    """y + h * sum_j w_j k_j, skipping zero weights."""
+    out = y
+    for w, k in zip(weights, ks):
+        if w:
+            out = out + (h * w) * k
+    return out
+
+
+def _error_ratio(err_z, err_l, z0, z1, l0, l1, rtol: float, atol: float) -> Tensor:
+    """Per-image error norm: the larger of the RMS scaled errors of the image and of the divergence integrals
+    (scale atol + rtol * max(|y0|, |y1|), as scipy and torchdiffeq); shape (B,)."""
+    sz = atol + rtol * torch.maximum(z0.abs(), z1.abs())
+    sl = atol + rtol * torch.maximum(l0.abs(), l1.abs())
+    rz = (err_z / sz).double().flatten(1).pow(2).mean(1).sqrt()
+    rl = (err_l / sl).pow(2).mean(1).sqrt()
+    return torch.maximum(rz, rl)
+
+
+def _dopri5(drift: _Drift, z: Tensor, s0: float, s1: float, M: int, rtol: float, atol: float, pbar):
+    """Adaptive Dormand-Prince 5(4) with local extrapolation and FSAL (6 evaluations per step) from s0 to s1.
+
+    Step sizes are shared by the batch: a step is accepted when the worst image's error norm (see
+    :func:`_error_ratio`) is <= 1. Each image is therefore solved at least as accurately as alone, but its q
+    depends, within the tolerance, on which other images share its batch; for batch-independent (bit-identical)
+    numbers use batch 1 or the fixed-grid Heun solver.
+    """
+    ell = torch.zeros(z.shape[0], M, dtype=torch.float64, device=z.device)
+    span = s1 - s0
+    k1 = drift(z, math.exp(s0))
+    # initial step (Hairer, Norsett & Wanner, Sec. II.4): h ~ 0.01 |y| / |f|, checked by one Euler step
+    d0 = _error_ratio(z, ell, z, z, ell, ell, rtol, atol).max()
+    d1 = _error_ratio(k1[0], k1[1], z, z, ell, ell, rtol, atol).max()
+    h0 = 1e-6 if d0 < 1e-5 or d1 < 1e-5 else float(0.01 * d0 / d1)
+    h0 = min(h0, span)
+    k_e = drift(z + h0 * k1[0], math.exp(s0 + h0))
+    d2 = _error_ratio(k_e[0] - k1[0], k_e[1] - k1[1], z, z, ell, ell, rtol, atol).max() / h0
+    h1 = max(1e-6, h0 * 1e-3) if max(d1, d2) <= 1e-15 else float((0.01 / max(d1, d2)) ** (1 / 5))
+    h = min(100 * h0, h1, span)
+    s, n_accept, n_reject = s0, 0, 0
+    while s < s1:
+        if n_accept + n_reject >= _MAX_ADAPTIVE_STEPS:
+            raise RuntimeError(f"dopri5 took more than {_MAX_ADAPTIVE_STEPS} steps (rtol={rtol}, atol={atol}): "
+                               "loosen the tolerances or use solver='heun'")
+        h = min(h, s1 - s)
+        last = s + h >= s1 or (s1 - s - h) < 1e-12 * span
+        if last:
+            h = s1 - s
+        ks = [k1]
+        for i in range(1, 6):
+            zi = _combine(z, h, _DP_A[i], [k[0] for k in ks])
+            li = _combine(ell, h, _DP_A[i], [k[1] for k in ks])
+            ks.append(drift(zi, math.exp(s + _DP_C[i] * h)))
+        z_new = _combine(z, h, _DP_B, [k[0] for k in ks])
+        l_new = _combine(ell, h, _DP_B, [k[1] for k in ks])
+        k7 = drift(z_new, math.exp(s + h))
+        ks.append(k7)
+        err = _error_ratio(
+            _combine(torch.zeros_like(z), h, _DP_E, [k[0] for k in ks]),
+            _combine(torch.zeros_like(ell), h, _DP_E, [k[1] for k in ks]),
+            z, z_new, ell, l_new, rtol, atol,
+        ).max().item()
+        if err <= 1.0:
+            s = s1 if last else s + h
+            z, ell, k1 = z_new, l_new, k7
+            n_accept += 1
+            pbar.update(h / span)
+            factor = 10.0 if err == 0 else min(10.0, 0.9 * err ** (-1 / 5))
+        else:
+            n_reject += 1
+            factor = max(0.2, 0.9 * err ** (-1 / 5))
+        h = h * factor
+        if h < 1e-12 * span:
+            raise RuntimeError(f"dopri5 step size underflow at sigma = {math.exp(s):.3g}: is the denoiser finite?")
+    return z, ell, {"accepted_steps": n_accept, "rejected_steps": n_reject}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The public entry point: q(x) for images in [0, 1]
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _no_tf32():
+    """Switch TF32 off for CUDA matmuls and cuDNN for the duration of the block, then restore the caller's setting."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def potential(
+    denoiser,
+    x: Tensor,
+    *,
+    labels: Tensor | None = None,
+    solver: str = "heun",
+    steps: int = 64,  # Heun steps (128 evaluations); BENCHMARKS.md "potential": ~1e-4 nats/dim on 32x32 images
+    rho: float = 7.0,  # EDM's schedule exponent
+    rtol: float = 1e-5,  # dopri5 tolerances (score_sde's likelihood uses 1e-5 for both)
+    atol: float = 1e-5,
+    divergence: str = "hutchinson",
+    probe: str = "rademacher",
+    n_probes: int = 1,
+    seed: int = 0,
+    item_ids=None,
+    probes: Tensor | None = None,
+    sigma_min: float | None = None,
+    sigma_max: float | None = None,
+    progress: bool = False,
+) -> PotentialResult:
+    """q(x) = -log p_{sigma_min}(x) of a diffusion prior, in nats, for images x in [0, 1] (Section 2).
+
+    Args:
+        denoiser: a prior following :class:`diractrap.priors.Denoiser` (native range, native sigma units).
+        x: (B, C, H, W) images in [0, 1]; their dtype is the ODE state's dtype (the divergence integral is float64).
+        labels: passed unchanged to the denoiser (class-conditional networks).
+        solver: "heun" (fixed grid: ``steps`` steps on EDM's rho-schedule, 2 evaluations each) or "dopri5"
+            (adaptive Dormand-Prince 5(4), ``rtol`` / ``atol`` on the native image and on the divergence integral;
+            a batch shares its step sizes, see :func:`_dopri5`).
+        divergence: "hutchinson" (M probes per image, one VJP each per evaluation; q is their mean and stderr
+            their standard error) or "exact" (N VJPs per evaluation, N = C*H*W <= MAX_EXACT_DIM).
+        probe, n_probes, seed, item_ids: the Hutchinson probes, see :func:`make_probes`; item_ids default to
+            arange(B). The same probe is used along the whole trajectory (as score_sde does).
+        probes: an explicit (B, M, C, H, W) tensor of probes; overrides probe / n_probes / seed / item_ids.
+        sigma_min, sigma_max: the integration range in native units (default: the denoiser's own).
+        progress: show a tqdm bar over the steps.
+    Returns:
+        :class:`PotentialResult`. TF32 is switched off during the call and restored afterwards; the denoiser is
+        never differentiated with respect to its parameters.
+    """
+    check_denoiser(denoiser)
+    if x.ndim != 4:
+        raise ValueError(f"x must be a batch of images (B, C, H, W), got shape {tuple(x.shape)}")
+    if solver not in SOLVERS:
+        raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
+    if divergence not in DIVERGENCES:
+        raise ValueError(f"divergence must be one of {DIVERGENCES}, got {divergence!r}")
+    sigma_min = float(denoiser.sigma_min if sigma_min is None else sigma_min)
+    sigma_max = float(denoiser.sigma_max if sigma_max is None else sigma_max)
+    if not 0 < sigma_min < sigma_max:
+        raise ValueError(f"need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
+    B, N = x.shape[0], x[0].numel()
+    settings = dict(solver=solver, divergence=divergence, sigma_min=sigma_min, sigma_max=sigma_max,
+                    data_range=tuple(denoiser.data_range), dtype=str(x.dtype).removeprefix("torch."),
+                    device=str(x.device))
+    settings.update(steps=steps, rho=rho) if solver == "heun" else settings.update(rtol=rtol, atol=atol)
+
+    if divergence == "exact":
+        if N > MAX_EXACT_DIM:
+            raise ValueError(f"exact divergence needs N = {N} VJPs per evaluation (limit {MAX_EXACT_DIM}): "
+                             "use divergence='hutchinson' with n_probes >= 2")
+        eps = None
+    elif probes is not None:
+        if probes.ndim != 5 or probes.shape[0] != B or probes.shape[2:] != x.shape[1:]:
+            raise ValueError(f"probes must be (B, M, C, H, W) = ({B}, M, {', '.join(map(str, x.shape[1:]))}), "
+                             f"got {tuple(probes.shape)}")
+        eps = probes.to(device=x.device, dtype=x.dtype)
+        settings.update(probe="explicit", n_probes=probes.shape[1])
+    else:
+        eps = make_probes(x.shape, n_probes, seed=seed, item_ids=item_ids, kind=probe, dtype=x.dtype, device=x.device)
+        settings.update(probe=probe, n_probes=n_probes, seed=seed)
+    M = 1 if eps is None else eps.shape[1]
+
+    drift = _Drift(denoiser, labels, eps)
+    z0 = to_native(x.detach(), denoiser.data_range)
+    with _no_tf32(), torch.no_grad():
+        if solver == "heun":
+            sigmas = rho_schedule(sigma_min, sigma_max, steps, rho)
+            with tqdm(total=steps, desc="potential (heun)", disable=not progress, leave=False) as pbar:
+                z_T, ell = _heun(drift, z0, sigmas, M, pbar)
+        else:
+            with tqdm(total=1.0, desc="potential (dopri5)", disable=not progress, leave=False,
+                      bar_format="{l_bar}{bar}| {elapsed}") as pbar:
+                z_T, ell, stats = _dopri5(drift, z0, math.log(sigma_min), math.log(sigma_max), M, rtol, atol, pbar)
+            settings.update(stats)
+
+    # end-point prior N(0, sigma_max^2 I) in native units, minus the divergence integral (per probe)
+    prior_nll = 0.5 * z_T.double().flatten(1).pow(2).sum(1) / sigma_max**2 + 0.5 * N * math.log(2 * math.pi * sigma_max**2)
+    q_native = prior_nll[:, None] - ell  # (B, M)
+    # change of variables to images in [0, 1]: z = a x + b, p_[0,1](x) = p_native(z) a^N, so q = q_native - N ln a
+    # (a = 2 for a prior on [-1, 1]: q(x) = q_native(2x - 1) - N ln 2)
+    q_all = q_native - N * math.log(range_scale(denoiser.data_range))
+    q = q_all.mean(1)
+    if eps is None:
+        stderr = torch.zeros_like(q)
+    elif M == 1:
+        stderr = torch.full_like(q, math.nan)
+    else:
+        stderr = q_all.std(1) / math.sqrt(M)
+    bpd = q / (N * math.log(2)) + BITS_OFFSET_8BIT
+    return PotentialResult(q=q.cpu(), stderr=stderr.cpu(), nfe=drift.nfe, bits_per_dim=bpd.cpu(), settings=settings)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Oracle: the exact value the ODE estimate converges to for a Gaussian prior (closed-form flow + same end point)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def gaussian_flow_potential(prior, x: Tensor, *, sigma_min: float | None = None, sigma_max: float | None = None) -> Tensor:
+    """What :func:`potential` converges to (solver error -> 0, exact divergence) for a Gaussian prior: (B,) nats.
+
+    For N(m, B diag(lam) B*) the flow is linear: in the eigenbasis c(sigma) - m = (c0 - m) sqrt((lam + sigma^2) /
+    (lam + sigma_min^2)). So q_ODE(x) = q_{sigma_min}(x) + log p_{sigma_max}(z_T) - log N(z_T; 0, sigma_max^2 I):
+    the exact potential (``prior.potential``) plus the end-point approximation error, all in closed form. ``prior``
+    is a :class:`~diractrap.priors.GaussianPrior` or :class:`~diractrap.priors.DenseGaussianPrior` (any
+    ``data_range``); x in [0, 1]; sigmas in native units.
+    """
+    sigma_min = float(prior.sigma_min if sigma_min is None else sigma_min)
+    sigma_max = float(prior.sigma_max if sigma_max is None else sigma_max)
+    z0 = to_native(x.double(), prior.data_range)
+    N = z0[0].numel()
+    m = prior.mean.to(z0)
+    lam = prior.lam.to(z0)
+    c_T = prior._analysis(z0 - m) * torch.sqrt((lam + sigma_max**2) / (lam + sigma_min**2))
+    z_T = m + prior._synthesis(c_T)
+    end_nll = 0.5 * z_T.flatten(1).pow(2).sum(1) / sigma_max**2 + 0.5 * N * math.log(2 * math.pi * sigma_max**2)
+    q_native = prior.potential(z0, sigma_min) + prior.log_prob(z_T, sigma_max) + end_nll
+    return q_native - N * math.log(range_scale(prior.data_range))
