@@ -249,6 +249,12 @@ def test_nan_stops_the_run_naming_the_iteration_and_the_term():
         algorithm1(Broken(), y, "wide", kernel_size=3, params=Algorithm1Params(n_ext=10, n_in=4), progress=False)
 
 
+def test_inner_step_schedule():
+    assert [Algorithm1Params(n_in=7).inner_steps(n) for n in (0, 5, 100)] == [7, 7, 7]
+    p = Algorithm1Params(n_in=10, n_in_first=50, n_in_warmup=15, reset=100)  # the authors' 50 -> 10 over 15
+    assert [p.inner_steps(n) for n in (0, 1, 14, 15, 99, 100, 101)] == [50, 47, 13, 10, 10, 50, 47]
+
+
 def test_parameters_are_checked():
     with pytest.raises(ValueError, match="inner"):
         Algorithm1Params(inner="adam")

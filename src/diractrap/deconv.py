@@ -292,6 +292,9 @@ class Algorithm1Params:
         state z is carried over between outer iterations and reset with x, where the authors restart it at x).
     kernel_step: "chain" (the paper: theta <- theta - gamma_h J_P(theta)^T grad_h Ly, h = P(theta)) or "projected"
         (the authors' code: theta <- P(theta - gamma_h grad_h Ly), so theta stays on the simplex and h = theta).
+    n_in_first, n_in_warmup: the authors' inner-step schedule: after each reset, the first outer iteration runs
+        n_in_first inner steps, decreasing linearly to n_in over n_in_warmup iterations, so that x is close to
+        argmin_x Ly(x, h) before the kernel starts to move (the paper's "exact minimisation in x").
     kernel_schedule: "constant" (gamma_h) or "log-relative" (the authors' code: gamma_h,n = clip(r_n max|h| /
         max|grad_h|, 1e-7, gamma_h_max), r_n log-spaced from rel_step[0] to rel_step[1] over the N_ext steps, so
         that the largest kernel change is the fraction r_n of the largest kernel value).
@@ -299,8 +302,11 @@ class Algorithm1Params:
 
     n_ext: int = 3000  # paper Fig. 4 shows iterations up to 2900-4300 (N_ext not stated)
     n_in: int = 10  # not stated in the paper
+    n_in_first: int | None = None  # None: N_in always (paper); else N_in right after a reset, decreasing linearly
+    n_in_warmup: int = 15  # ... to N_in over this many outer iterations (authors' code: 50 -> 10 over 15)
     gamma_x: float | None = None  # not stated; None: 1 / (1 + sigma^2 / sigma_g^2), the inverse Lipschitz bound
-    gamma_h: float | None = None  # not stated; None: 1 / L_h with L_h = kernel_lipschitz(x_0) per problem
+    gamma_h: float | None = None  # not stated; None: gamma_h_scale / L_h, L_h = kernel_lipschitz(x_0) per problem
+    gamma_h_scale: float = 1.0  # the kernel step in units of 1 / L_h when gamma_h is None
     reset: int = 100  # paper: x restarts from y when n mod 100 == 0
     sigma: float = 0.01  # paper: noise std on [0, 1]
     sigma_g: float = 0.001  # authors' notebooks: grad q(x) ~ (x - D(x, sigma_g)) / sigma_g^2
@@ -322,8 +328,15 @@ class Algorithm1Params:
             raise ValueError(f"kernel_step must be 'chain' or 'projected', got {self.kernel_step!r}")
         if self.kernel_schedule not in ("constant", "log-relative"):
             raise ValueError(f"kernel_schedule must be 'constant' or 'log-relative', got {self.kernel_schedule!r}")
-        if self.n_ext < 0 or self.n_in < 0 or self.reset < 1:
-            raise ValueError("need n_ext >= 0, n_in >= 0 and reset >= 1")
+        if self.n_ext < 0 or self.n_in < 0 or self.reset < 1 or self.n_in_warmup < 1:
+            raise ValueError("need n_ext >= 0, n_in >= 0, reset >= 1 and n_in_warmup >= 1")
+
+    def inner_steps(self, n: int) -> int:
+        """N_in at outer iteration n: constant, or the authors' linear warm-up after each reset."""
+        if self.n_in_first is None:
+            return self.n_in
+        k = n % self.reset
+        return max(self.n_in, round(self.n_in_first - k * (self.n_in_first - self.n_in) / self.n_in_warmup))
 
     def resolved_gamma_x(self) -> float:
         if self.gamma_x is not None:
@@ -433,7 +446,7 @@ def algorithm1(
     x = x_reset.clone()
     z = x_reset.clone()  # the Douglas-Rachford state, carried from one outer iteration to the next
     if p.gamma_h is None:
-        gamma_h_const = 1.0 / kernel_lipschitz(x_reset, K)  # per problem, fixed for the whole run
+        gamma_h_const = p.gamma_h_scale / kernel_lipschitz(x_reset, K)  # per problem, fixed for the whole run
     else:
         gamma_h_const = torch.full((B,), float(p.gamma_h), dtype=y.dtype, device=y.device)
     rel = np.logspace(math.log10(p.rel_step[0]), math.log10(p.rel_step[1]), max(p.n_ext, 1))
@@ -470,10 +483,10 @@ def algorithm1(
             x, z = x_reset.clone(), x_reset.clone()
         where = f"outer iteration n = {n}"
         if p.inner == "gradient":
-            x, gx = _gd_steps(denoiser, x, h, y, p.n_in, sigma=p.sigma, sigma_g=p.sigma_g, gamma_x=gamma_x,
+            x, gx = _gd_steps(denoiser, x, h, y, p.inner_steps(n), sigma=p.sigma, sigma_g=p.sigma_g, gamma_x=gamma_x,
                               labels=labels, where=where)
         else:
-            x, z = _dr_steps(denoiser, z, h, y, p.n_in, gamma=gamma_x, sigma_d=p.resolved_dr_sigma(),
+            x, z = _dr_steps(denoiser, z, h, y, p.inner_steps(n), gamma=gamma_x, sigma_d=p.resolved_dr_sigma(),
                              clamp=p.dr_clamp, cg_iter=p.cg_iter, cg_tol=p.cg_tol, labels=labels, where=where)
             gx = grad_x(denoiser, x, h, y, sigma=p.sigma, sigma_g=p.sigma_g, labels=labels) if (n + 1) in keep else None
         _check_finite(x, "the image x", where)
