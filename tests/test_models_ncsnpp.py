@@ -1,6 +1,7 @@
 """Our NCSN++ against score_sde's own outputs (golden fixtures), the full-size key manifest, strict loading."""
 
 import json
+import math
 import os
 import pickle
 
@@ -270,3 +271,41 @@ def test_other_architectures_run(overrides):
     with torch.no_grad():
         out = net(x, t)
     assert out.shape == x.shape and torch.isfinite(out).all()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The potential of the tiny NCSN++ against score_sde's own likelihood (same probe, same tolerances)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: for a 16x16 network thread hand-offs dominate, and 2 threads on a shared 2-core machine
+    were measured 15x slower (oversubscription)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.mark.slow  # score_sde's tolerances need ~5500 forward+VJP evaluations: ~2.5 min on one core
+def test_potential_reproduces_score_sde_likelihood(one_thread):
+    from diractrap import potential
+
+    lik = torch.load(shared_file("golden", "ncsnpp_ve_tiny_likelihood.pt"), weights_only=True)
+    meta = json.loads(shared_file("golden", "ncsnpp_ve_tiny_likelihood.json").read_text())
+    den = load_denoiser(shared_file("golden", CKPT), weights=meta["weights"], config=loader_config())
+    sde, coarse, fine = meta["sde"], meta["tol1e-5"], meta["tol1e-7"]
+    # score_sde integrates its VE time from t = eps, i.e. from sigma(eps) = sigma_min (sigma_max / sigma_min)^eps,
+    # to t = 1 (sigma_max), with one Rademacher probe for the whole solve and RK45 at rtol = atol = 1e-5
+    sigma_start = sde["sigma_min"] * (sde["sigma_max"] / sde["sigma_min"]) ** coarse["eps"]
+    res = potential.potential(den, lik["data"], solver="dopri5", rtol=coarse["rtol"], atol=coarse["atol"],
+                              probes=lik["epsilon"][:, None], sigma_min=sigma_start, sigma_max=float(sde["sigma_max"]))
+    # the accuracy one can expect: how much score_sde's own answer moves from rtol 1e-5 to 1e-7 (0.65, 0.12 nats)
+    sensitivity = torch.tensor(meta["nll_nats_abs_diff_tol1e-5_vs_tol1e-7"], dtype=torch.float64)
+    q = res.q.double()
+    assert ((q - torch.tensor(coarse["nll_nats_per_image"], dtype=torch.float64)).abs() <= sensitivity).all()
+    assert (q - torch.tensor(fine["nll_nats_per_image"], dtype=torch.float64)).abs().max() <= sensitivity.max()
+    bpd = torch.tensor(coarse["bpd"], dtype=torch.float64)  # score_sde's bits/dim (offset 8, [0, 1] data), float32:
+    # the same bound in bits/dim, plus one float32 ulp of the stored value (1.9e-6 at 16.4)
+    assert ((res.bits_per_dim.double() - bpd).abs() <= sensitivity / (meta["N_dims"] * math.log(2)) + 2e-6).all()

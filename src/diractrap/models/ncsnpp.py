@@ -107,11 +107,8 @@ class NCSNppConfig:
         ``beta_min``...) are accepted and ignored; an unknown field is an error naming it.
         """
         overrides = dict(overrides or {})
-        if isinstance(overrides.get("model"), dict):  # score_sde's ConfigDict written out as nested dicts
-            nested = overrides
-            overrides = {**nested.get("data", {}), **nested["model"]}
-            for section in ("training", "sampling", "eval", "optim", "seed", "device"):
-                nested.pop(section, None)
+        if isinstance(overrides.get("model"), dict):  # score_sde's ConfigDict as nested dicts: keep data + model
+            overrides = {**overrides.get("data", {}), **overrides["model"]}
         known = {f.name for f in fields(cls)}
         for name, value in _FIXED_FIELDS.items():
             if name in overrides and str(overrides[name]) != str(value):
