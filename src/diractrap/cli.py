@@ -46,8 +46,12 @@ def _add_deblur(sub) -> None:
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--n-ext", type=int, default=d.n_ext, help="outer iterations N_ext")
     p.add_argument("--n-in", type=int, default=d.n_in, help="inner x-steps N_in")
+    p.add_argument("--n-in-first", type=int, default=d.n_in_first,
+                   help="inner steps right after a reset, decreasing to N_in (authors' warm-up; default: none)")
+    p.add_argument("--n-in-warmup", type=int, default=d.n_in_warmup, help="length of that warm-up")
     p.add_argument("--gamma-x", type=float, default=d.gamma_x, help="x step (default 1 / (1 + sigma^2/sigma_g^2))")
-    p.add_argument("--gamma-h", type=float, default=d.gamma_h, help="kernel step (default 1 / L_h per image)")
+    p.add_argument("--gamma-h", type=float, default=d.gamma_h, help="kernel step (default SCALE / L_h per image)")
+    p.add_argument("--gamma-h-scale", type=float, default=d.gamma_h_scale, help="SCALE above")
     p.add_argument("--reset", type=int, default=d.reset, help="x restarts from y every RESET outer iterations")
     p.add_argument("--sigma", type=float, default=d.sigma, help="noise std on [0, 1] (paper: 0.01)")
     p.add_argument("--sigma-g", type=float, default=d.sigma_g, help="noise level of the score for grad q")
@@ -74,7 +78,8 @@ def _run_deblur(args) -> int:
     from .models import get_denoiser
 
     params = deconv.Algorithm1Params(
-        n_ext=args.n_ext, n_in=args.n_in, gamma_x=args.gamma_x, gamma_h=args.gamma_h, reset=args.reset,
+        n_ext=args.n_ext, n_in=args.n_in, n_in_first=args.n_in_first, n_in_warmup=args.n_in_warmup,
+        gamma_x=args.gamma_x, gamma_h=args.gamma_h, gamma_h_scale=args.gamma_h_scale, reset=args.reset,
         sigma=args.sigma, sigma_g=args.sigma_g, pad=args.pad, inner=args.inner, kernel_step=args.kernel_step,
         kernel_schedule=args.kernel_schedule,
     )
