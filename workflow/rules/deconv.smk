@@ -1,0 +1,83 @@
+# Sections 3-4: blind deconvolution problems (x_bar, h_bar, y), Algorithm 1 from each start (one job per pair and
+# start), the table of its results, and the Statement 1 table (Ly at the truth, at (x_delta, delta), at Algorithm 1).
+
+
+localrules:
+    deconv_problem,
+    algorithm1_table,
+
+
+rule deconv_problem:
+    input:
+        images=image_set_file(DECONV["images"]),
+    output:
+        f"{DECONV_DIR}/pair{{pair}}/problem.npz",
+    params:
+        pair=pair_params,
+    log:
+        f"{LOGS}/deconv/pair{{pair}}/problem.log",
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    conda:
+        "../../environment.yml"
+    script:
+        "../scripts/deconv_problem.py"
+
+
+rule algorithm1:
+    input:
+        unpack(algorithm1_inputs),
+    output:
+        run=f"{DECONV_DIR}/pair{{pair}}/{{start}}.npz",
+        summary=f"{DECONV_DIR}/pair{{pair}}/{{start}}.json",
+    params:
+        job=algorithm1_params,
+        pair=pair_params,
+    log:
+        f"{LOGS}/deconv/pair{{pair}}/{{start}}.log",
+    threads: deconv_resources("threads")
+    resources:
+        gpu=deconv_resources("gpu"),
+        mem_mb=deconv_resources("mem_mb"),
+        runtime=deconv_resources("runtime"),
+    conda:
+        "../../environment.yml"
+    script:
+        "../scripts/algorithm1.py"
+
+
+rule algorithm1_table:
+    input:
+        algorithm1_summaries,
+    output:
+        f"{DECONV_DIR}/algorithm1.csv",
+    log:
+        f"{LOGS}/deconv/algorithm1_table.log",
+    resources:
+        mem_mb=500,
+        runtime=5,
+    conda:
+        "../../environment.yml"
+    script:
+        "../scripts/algorithm1_table.py"
+
+
+rule statement1:
+    input:
+        unpack(statement1_inputs),
+    output:
+        f"{DECONV_DIR}/statement1.csv",
+    params:
+        job=statement1_params,
+    log:
+        f"{LOGS}/deconv/statement1.log",
+    threads: deconv_resources("threads")
+    resources:
+        gpu=deconv_resources("gpu"),
+        mem_mb=deconv_resources("mem_mb"),
+        runtime=deconv_resources("runtime"),
+    conda:
+        "../../environment.yml"
+    script:
+        "../scripts/statement1.py"
