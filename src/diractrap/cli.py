@@ -50,14 +50,16 @@ def _add_deblur(sub) -> None:
                    help="inner steps right after a reset, decreasing to N_in (authors' warm-up; default: none)")
     p.add_argument("--n-in-warmup", type=int, default=d.n_in_warmup, help="length of that warm-up")
     p.add_argument("--gamma-x", type=float, default=d.gamma_x, help="x step (default 1 / (1 + sigma^2/sigma_g^2))")
-    p.add_argument("--gamma-h", type=float, default=d.gamma_h, help="kernel step (default SCALE / L_h per image)")
+    p.add_argument("--gamma-h", type=float, default=d.gamma_h,
+                   help="a fixed kernel step (implies --kernel-schedule constant); default SCALE / L_h(x_n)")
     p.add_argument("--gamma-h-scale", type=float, default=d.gamma_h_scale, help="SCALE above")
     p.add_argument("--reset", type=int, default=d.reset, help="x restarts from y every RESET outer iterations")
     p.add_argument("--sigma", type=float, default=d.sigma, help="noise std on [0, 1] (paper: 0.01)")
     p.add_argument("--sigma-g", type=float, default=d.sigma_g, help="noise level of the score for grad q")
     p.add_argument("--inner", default=d.inner, choices=["gradient", "douglas-rachford"])
     p.add_argument("--kernel-step", default=d.kernel_step, choices=["chain", "projected"])
-    p.add_argument("--kernel-schedule", default=d.kernel_schedule, choices=["constant", "log-relative"])
+    p.add_argument("--kernel-schedule", default=None, choices=["lipschitz", "constant", "log-relative"],
+                   help=f"default {d.kernel_schedule}, or constant when --gamma-h is given")
     p.add_argument("--pad", default=d.pad, choices=["replicate", "reflect"], help="how y is extended to start x")
     p.add_argument("--label", type=int, default=None, help="class label for a conditional prior")
     p.add_argument("--snapshot-every", type=int, default=None, help="trajectory period (default N_ext / 20)")
@@ -77,11 +79,12 @@ def _run_deblur(args) -> int:
     from .data import atomic_path, load_image, save_image
     from .models import get_denoiser
 
+    d = deconv.Algorithm1Params()
     params = deconv.Algorithm1Params(
         n_ext=args.n_ext, n_in=args.n_in, n_in_first=args.n_in_first, n_in_warmup=args.n_in_warmup,
         gamma_x=args.gamma_x, gamma_h=args.gamma_h, gamma_h_scale=args.gamma_h_scale, reset=args.reset,
         sigma=args.sigma, sigma_g=args.sigma_g, pad=args.pad, inner=args.inner, kernel_step=args.kernel_step,
-        kernel_schedule=args.kernel_schedule,
+        kernel_schedule=args.kernel_schedule or ("constant" if args.gamma_h is not None else d.kernel_schedule),
     )
     denoiser = get_denoiser(args.model, device=args.device)
     y = load_image(args.blurry)[None].to(args.device)
@@ -275,6 +278,77 @@ def _run_sweep(args) -> int:
 
 
 COMMANDS.append(_add_sweep)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# potential: q(x) = -log p(x) of image files through the probability-flow ODE (diractrap.potential, Section 2)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _add_potential(sub) -> None:
+    from .potential import PROBES, SOLVERS
+
+    p = sub.add_parser("potential", help="potential q(x) = -log p(x) of images under a prior (nats, [0, 1] pixels)",
+                       description="Compute q(x) for each image through the probability-flow ODE and print one "
+                       "line per image (or --json). Images are used at their own size unless --size is given.")
+    p.add_argument("images", nargs="+", help="image files (PNG/JPEG) of one size, values read in [0, 1]")
+    p.add_argument("--model", required=True, help="registered prior name or checkpoint path")
+    p.add_argument("--size", type=int, default=None, help="resize the shorter side to SIZE and centre-crop")
+    p.add_argument("--solver", default="heun", choices=SOLVERS)
+    p.add_argument("--steps", type=int, default=None, help="Heun steps (default: the library's)")
+    p.add_argument("--rtol", type=float, default=None, help="dopri5 relative tolerance (default: the library's)")
+    p.add_argument("--atol", type=float, default=None, help="dopri5 absolute tolerance (default: the library's)")
+    p.add_argument("--divergence", default="hutchinson", choices=["hutchinson", "exact"])
+    p.add_argument("--probe", default="rademacher", choices=PROBES)
+    p.add_argument("--probes", type=int, default=2, help="Hutchinson probes per image (>= 2 gives a stderr)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--label", type=int, default=None, help="class index for a class-conditional prior")
+    p.add_argument("--batch-size", type=int, default=16, help="images per ODE solve")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--json", action="store_true", help="print a JSON list of per-image records")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_run_potential)
+
+
+def _run_potential(args) -> int:
+    import json
+    import math
+
+    import torch
+
+    from .data import load_image
+    from .models import get_denoiser
+    from .potential import potential
+
+    x = [load_image(f, size=args.size) for f in args.images]
+    shapes = sorted({tuple(t.shape) for t in x})
+    if len(shapes) > 1:
+        raise ValueError(f"images have different sizes {shapes}: pass --size to resize and crop them to one")
+    x = torch.stack(x).to(args.device)
+    denoiser = get_denoiser(args.model, device=args.device)
+    options = {k: v for k, v in dict(steps=args.steps, rtol=args.rtol, atol=args.atol).items() if v is not None}
+    records = []
+    for start in range(0, len(x), args.batch_size):
+        ids = list(range(start, min(start + args.batch_size, len(x))))  # item id = position on the command line
+        labels = None if args.label is None else torch.full((len(ids),), args.label, device=args.device)
+        res = potential(denoiser, x[ids], labels=labels, solver=args.solver, divergence=args.divergence,
+                        probe=args.probe, n_probes=args.probes, seed=args.seed, item_ids=ids,
+                        progress=not args.no_progress, **options)
+        for k, i in enumerate(ids):
+            se = float(res.stderr[k])
+            records.append(dict(image=args.images[i], q=float(res.q[k]), stderr=None if math.isnan(se) else se,
+                                bits_per_dim=float(res.bits_per_dim[k]), nfe=res.nfe, model=args.model,
+                                **res.settings))
+    if args.json:
+        print(json.dumps(records, indent=2))
+    else:
+        for r in records:
+            se = "n/a" if r["stderr"] is None else f"{r['stderr']:.2g}"
+            print(f"{r['image']}\tq = {r['q']:.4f} nats (stderr {se})\t{r['bits_per_dim']:.4f} bits/dim")
+    return 0
+
+
+COMMANDS.append(_add_potential)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -150,15 +150,21 @@ def grad_theta(x: Tensor, theta: Tensor, y: Tensor) -> Tensor:
     return _chain_simplex(theta, grad_h(x, project_simplex(theta, dims=2), y))
 
 
-def kernel_lipschitz(x: Tensor, kernel_size: int, n_iter: int = 30, seed: int = 0) -> Tensor:
-    """Largest eigenvalue of A_x^T A_x on zero-sum kernels (the directions the simplex leaves free), per item (B,).
+def kernel_lipschitz(
+    x: Tensor, kernel_size: int, n_iter: int = 30, seed: int = 0, v0: Tensor | None = None, return_vector=False
+):
+    """Largest eigenvalue L of A_x^T A_x on zero-sum kernels (the directions the simplex leaves free), per item (B,).
 
     1 / L is the classical step for the kernel: grad_h Ly is L-Lipschitz in h on the simplex. Power iteration from
-    a fixed start, so the value does not depend on the batch.
+    ``v0`` (B, K, K) or from a fixed random start, so the value does not depend on the batch. With
+    ``return_vector`` also returns the last iterate, to warm-start the next call when x changes slowly.
     """
     K = kernel_size
-    g = torch.Generator(device="cpu").manual_seed(seed)
-    v = torch.randn(K, K, generator=g, dtype=torch.float64).to(x).expand(x.shape[0], K, K).clone()
+    if v0 is None:
+        g = torch.Generator(device="cpu").manual_seed(seed)
+        v = torch.randn(K, K, generator=g, dtype=torch.float64).to(x).expand(x.shape[0], K, K).clone()
+    else:
+        v = v0
 
     def op(v):
         v = v - v.mean((-2, -1), keepdim=True)
@@ -170,7 +176,7 @@ def kernel_lipschitz(x: Tensor, kernel_size: int, n_iter: int = 30, seed: int = 
         w = op(v)
         lam = w.flatten(1).norm(dim=1) / v.flatten(1).norm(dim=1)
         v = w / w.flatten(1).norm(dim=1).clamp_min(1e-30).view(-1, 1, 1)
-    return lam
+    return (lam, v) if return_vector else lam
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -295,7 +301,10 @@ class Algorithm1Params:
     n_in_first, n_in_warmup: the authors' inner-step schedule: after each reset, the first outer iteration runs
         n_in_first inner steps, decreasing linearly to n_in over n_in_warmup iterations, so that x is close to
         argmin_x Ly(x, h) before the kernel starts to move (the paper's "exact minimisation in x").
-    kernel_schedule: "constant" (gamma_h) or "log-relative" (the authors' code: gamma_h,n = clip(r_n max|h| /
+    kernel_schedule: "lipschitz" (gamma_h,n = gamma_h_scale / L_h(x_{n+1}), L_h the largest eigenvalue of A_x^T A_x
+        on zero-sum kernels, tracked by 3 warm-started power iterations per outer iteration: the step follows x
+        as it sharpens, where a step fixed from the blurry start overshoots), "constant" (the paper's form, a
+        fixed gamma_h) or "log-relative" (the authors' code: gamma_h,n = clip(r_n max|h| /
         max|grad_h|, 1e-7, gamma_h_max), r_n log-spaced from rel_step[0] to rel_step[1] over the N_ext steps, so
         that the largest kernel change is the fraction r_n of the largest kernel value).
     """
@@ -305,15 +314,15 @@ class Algorithm1Params:
     n_in_first: int | None = None  # None: N_in always (paper); else N_in right after a reset, decreasing linearly
     n_in_warmup: int = 15  # ... to N_in over this many outer iterations (authors' code: 50 -> 10 over 15)
     gamma_x: float | None = None  # not stated; None: 1 / (1 + sigma^2 / sigma_g^2), the inverse Lipschitz bound
-    gamma_h: float | None = None  # not stated; None: gamma_h_scale / L_h, L_h = kernel_lipschitz(x_0) per problem
-    gamma_h_scale: float = 1.0  # the kernel step in units of 1 / L_h when gamma_h is None
+    gamma_h: float | None = None  # not stated; used by kernel_schedule "constant"
+    gamma_h_scale: float = 1.0  # kernel_schedule "lipschitz": gamma_h,n = gamma_h_scale / L_h(x_n)
     reset: int = 100  # paper: x restarts from y when n mod 100 == 0
     sigma: float = 0.01  # paper: noise std on [0, 1]
     sigma_g: float = 0.001  # authors' notebooks: grad q(x) ~ (x - D(x, sigma_g)) / sigma_g^2
     pad: str = "replicate"  # how y is extended to the size of x
     inner: str = "gradient"  # paper; "douglas-rachford": the authors' code
     kernel_step: str = "chain"  # paper; "projected": the authors' code
-    kernel_schedule: str = "constant"  # paper; "log-relative": the authors' code
+    kernel_schedule: str = "lipschitz"  # or "constant" (the paper's fixed gamma_h) or "log-relative" (authors)
     rel_step: tuple[float, float] = (1e-2, 1e-7)  # authors' code: np.logspace(-2, -7, ...)
     gamma_h_max: float = 1e-3  # authors' code: lr_kernel
     dr_sigma: float | None = None  # None: sigma * sqrt(gamma_x), the prox of gamma_x sigma^2 q (authors: 0.03 gamma_x)
@@ -326,8 +335,12 @@ class Algorithm1Params:
             raise ValueError(f"inner must be 'gradient' or 'douglas-rachford', got {self.inner!r}")
         if self.kernel_step not in ("chain", "projected"):
             raise ValueError(f"kernel_step must be 'chain' or 'projected', got {self.kernel_step!r}")
-        if self.kernel_schedule not in ("constant", "log-relative"):
-            raise ValueError(f"kernel_schedule must be 'constant' or 'log-relative', got {self.kernel_schedule!r}")
+        if self.kernel_schedule not in ("lipschitz", "constant", "log-relative"):
+            raise ValueError(
+                f"kernel_schedule must be 'lipschitz', 'constant' or 'log-relative', got {self.kernel_schedule!r}"
+            )
+        if self.kernel_schedule == "constant" and self.gamma_h is None:
+            raise ValueError("kernel_schedule 'constant' needs gamma_h")
         if self.n_ext < 0 or self.n_in < 0 or self.reset < 1 or self.n_in_warmup < 1:
             raise ValueError("need n_ext >= 0, n_in >= 0, reset >= 1 and n_in_warmup >= 1")
 
@@ -445,9 +458,8 @@ def algorithm1(
     x_reset = extend(y, K, p.pad)
     x = x_reset.clone()
     z = x_reset.clone()  # the Douglas-Rachford state, carried from one outer iteration to the next
-    if p.gamma_h is None:
-        gamma_h_const = p.gamma_h_scale / kernel_lipschitz(x_reset, K)  # per problem, fixed for the whole run
-    else:
+    lip, v_lip = kernel_lipschitz(x_reset, K, return_vector=True)  # tracked below for the "lipschitz" schedule
+    if p.kernel_schedule == "constant":
         gamma_h_const = torch.full((B,), float(p.gamma_h), dtype=y.dtype, device=y.device)
     rel = np.logspace(math.log10(p.rel_step[0]), math.log10(p.rel_step[1]), max(p.n_ext, 1))
     keep = _snapshot_set(snapshots, p.n_ext)
@@ -495,6 +507,9 @@ def algorithm1(
         g = _chain_simplex(theta, gh_h) if p.kernel_step == "chain" else gh_h
         if p.kernel_schedule == "constant":
             step = gamma_h_const
+        elif p.kernel_schedule == "lipschitz":
+            lip, v_lip = kernel_lipschitz(x, K, n_iter=3, v0=v_lip, return_vector=True)
+            step = p.gamma_h_scale / lip
         else:
             ratio = h.flatten(1).abs().amax(1) / g.flatten(1).abs().amax(1).clamp_min(1e-30)
             step = (rel[n] * ratio).clamp(1e-7, p.gamma_h_max)
@@ -509,7 +524,7 @@ def algorithm1(
     settings = {
         **dataclasses.asdict(p),
         "gamma_x_used": gamma_x,
-        "gamma_h_used": [float(v) for v in gamma_h_const.cpu()] if p.kernel_schedule == "constant" else "log-relative",
+        "gamma_h_used": p.gamma_h if p.kernel_schedule == "constant" else "per iteration (trajectory gamma_h)",
         "dr_sigma_used": p.resolved_dr_sigma() if p.inner == "douglas-rachford" else None,
         "kernel_size": K,
         "diractrap_version": __version__,
