@@ -163,7 +163,8 @@ def test_algorithm1_with_the_true_kernel_and_no_kernel_step_is_the_map():
     prior = gaussian_prior((1, 10, 10))
     _, h, y = problem(sigma=sigma)
     ref = closed_form_map(prior, h, y, sigma, sigma_g)
-    params = Algorithm1Params(n_ext=300, n_in=10, gamma_h=0.0, kernel_schedule="constant", reset=1000, sigma=sigma, sigma_g=sigma_g)
+    params = Algorithm1Params(n_ext=300, n_in=10, gamma_h=0.0, kernel_schedule="constant", reset=1000, sigma=sigma,
+                              sigma_g=sigma_g)
     res = algorithm1(prior, y, h, params=params, progress=False)
     assert ((res.x - ref).norm() / ref.norm()).item() < 1e-8  # as above: 3000 gradient steps without reset
     torch.testing.assert_close(res.h, h)
@@ -177,7 +178,8 @@ def test_douglas_rachford_converges_to_the_dense_gaussian_map():
     _, h, y = problem(sigma=sigma)
     ref = closed_form_map(prior, h, y, sigma, 0.0)
     # no clipping of z (the authors clip to [-0.2, 1.2]); CG to ||r||^2 <= 1e-30 so that the prox is exact to rounding
-    params = Algorithm1Params(n_ext=40, n_in=50, gamma_h=0.0, kernel_schedule="constant", reset=1000, sigma=sigma, inner="douglas-rachford",
+    params = Algorithm1Params(n_ext=40, n_in=50, gamma_h=0.0, kernel_schedule="constant", reset=1000, sigma=sigma,
+                              inner="douglas-rachford",
                               gamma_x=1.0, dr_clamp=1e6, cg_tol=1e-30)
     res = algorithm1(prior, y, h, params=params, progress=False)
     # DR on a strongly convex sum converges linearly: 2000 steps reach rounding (~1e-14 measured); CG's stopping
@@ -214,7 +216,12 @@ def test_every_kernel_iterate_is_on_the_simplex(kernel_step):
 
 @pytest.mark.parametrize(
     "inner,schedule",
-    [("gradient", "lipschitz"), ("gradient", "constant"), ("douglas-rachford", "log-relative"), ("gradient", "log-relative")],
+    [
+        ("gradient", "lipschitz"),
+        ("gradient", "constant"),
+        ("douglas-rachford", "log-relative"),
+        ("gradient", "log-relative"),
+    ],
 )
 def test_batching_does_not_change_results(inner, schedule):
     prior, y, h0, params, res = small_run(inner=inner, schedule=schedule, snapshots=None)
