@@ -170,6 +170,7 @@ def fig2(gallery: dict):
 def fig3(panels, *, relative: bool = True, band=(0.1, 0.9), ncols: int = 2):
     """``panels``: a list of (title, sweep table). Each panel: per family, the mean over images of
     q(h_theta * x) - q(x) (``relative``, nats) or of q, with a band between the ``band`` quantiles over images."""
+    from .kernels import FAMILIES
     from .sweeps import relative as dq
 
     use_style()
@@ -179,8 +180,9 @@ def fig3(panels, *, relative: bool = True, band=(0.1, 0.9), ncols: int = 2):
     fig, axes = plt.subplots(nrows, ncols, figsize=(WIDTH * ncols / 2, 2.3 * nrows), squeeze=False)
     for ax, (title, df) in zip(axes.flat, panels):
         df = df.assign(value=dq(df) if relative else df["q"])
-        for k, (family, g) in enumerate(df.groupby("family", sort=False)):
-            stats = g.groupby("theta")["value"]
+        present = set(df["family"])
+        for k, family in enumerate(f for f in (*FAMILIES, *sorted(present - set(FAMILIES))) if f in present):
+            stats = df[df["family"] == family].groupby("theta")["value"]
             mean = stats.mean()
             lo, hi = stats.quantile(band[0]), stats.quantile(band[1])
             ax.plot(mean.index, mean.to_numpy(), marker="o", color=f"C{k}", label=family)
@@ -193,8 +195,9 @@ def fig3(panels, *, relative: bool = True, band=(0.1, 0.9), ncols: int = 2):
             ax.axhline(0, color="0.5", lw=0.6)
     for ax in axes.flat[n:]:
         ax.axis("off")
-    axes.flat[0].legend(loc="lower left")
-    fig.tight_layout()
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels))  # one legend under all panels
     return fig
 
 
