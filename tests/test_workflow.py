@@ -261,3 +261,14 @@ def test_reduced_demo_through_slurm_equals_the_local_run(repo_factory, reduced_r
         pd.testing.assert_frame_equal(pd.read_parquet(repo / REDUCED_TARGET), reduced_reference)
     finally:
         subprocess.run(["timeout", "-k", "10", "60", "bash", str(repo / ".ci/slurm.sh"), "stop", str(cluster)])
+
+
+def test_schema_knows_every_algorithm1_parameter():
+    """The config's deconv.algorithm1 keys are Algorithm1Params' fields (sigma excepted: it is deconv.sigma)."""
+    import dataclasses
+
+    from diractrap.deconv import Algorithm1Params
+
+    schema = yaml.safe_load((ROOT / "workflow/schemas/config.schema.yaml").read_text())
+    keys = set(schema["properties"]["deconv"]["properties"]["algorithm1"]["properties"])
+    assert keys == {f.name for f in dataclasses.fields(Algorithm1Params)} - {"sigma"}
