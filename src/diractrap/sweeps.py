@@ -100,7 +100,8 @@ def sweep(
     h = kernel(family, thetas, kernel_size, dtype=images.dtype, **options).to(images.device)  # (T, K, K)
 
     info = getattr(denoiser, "info", None) or {}
-    device = next(iter(denoiser.parameters())).device if hasattr(denoiser, "parameters") else images.device
+    param = next(iter(denoiser.parameters()), None) if hasattr(denoiser, "parameters") else None
+    device = images.device if param is None else param.device
     pairs = [(b, t) for b in range(B) for t in range(len(thetas))]
     rows = []
     for start in tqdm(range(0, len(pairs), batch_size), desc=f"sweep {family}", disable=not progress):
