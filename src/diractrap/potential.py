@@ -448,13 +448,17 @@ def potential(
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def gaussian_flow_potential(prior, x: Tensor, *, sigma_min: float | None = None, sigma_max: float | None = None) -> Tensor:
-    """What :func:`potential` converges to (solver error -> 0, exact divergence) for a Gaussian prior: (B,) nats.
+def gaussian_flow_potential(prior, x: Tensor, *, probes: Tensor | None = None, sigma_min: float | None = None,
+                            sigma_max: float | None = None) -> Tensor:
+    """What :func:`potential` converges to as the solver error -> 0, for a Gaussian prior: (B,) float64 nats.
 
     For N(m, B diag(lam) B*) the flow is linear: in the eigenbasis c(sigma) - m = (c0 - m) sqrt((lam + sigma^2) /
-    (lam + sigma_min^2)). So q_ODE(x) = q_{sigma_min}(x) + log p_{sigma_max}(z_T) - log N(z_T; 0, sigma_max^2 I):
-    the exact potential (``prior.potential``) plus the end-point approximation error, all in closed form. ``prior``
-    is a :class:`~diractrap.priors.GaussianPrior` or :class:`~diractrap.priors.DenseGaussianPrior` (any
+    (lam + sigma_min^2)). So with the exact divergence q_ODE(x) = q_{sigma_min}(x) + log p_{sigma_max}(z_T)
+    - log N(z_T; 0, sigma_max^2 I): the exact potential (``prior.potential``) plus the end-point approximation
+    error, all in closed form. With ``probes`` (B, M, C, H, W), the limit of the Hutchinson estimate for those
+    probes: div D does not depend on x, so each probe adds eps^T A eps - tr A, A = int J_D ds = B diag(a) B*,
+    a = ln(sigma_max / sigma_min) - 1/2 ln((lam + sigma_max^2) / (lam + sigma_min^2)); the result is their mean.
+    ``prior`` is a :class:`~diractrap.priors.GaussianPrior` or :class:`~diractrap.priors.DenseGaussianPrior` (any
     ``data_range``); x in [0, 1]; sigmas in native units.
     """
     sigma_min = float(prior.sigma_min if sigma_min is None else sigma_min)
@@ -467,4 +471,9 @@ def gaussian_flow_potential(prior, x: Tensor, *, sigma_min: float | None = None,
     z_T = m + prior._synthesis(c_T)
     end_nll = 0.5 * z_T.flatten(1).pow(2).sum(1) / sigma_max**2 + 0.5 * N * math.log(2 * math.pi * sigma_max**2)
     q_native = prior.potential(z0, sigma_min) + prior.log_prob(z_T, sigma_max) + end_nll
+    if probes is not None:
+        a = math.log(sigma_max / sigma_min) - 0.5 * torch.log((lam + sigma_max**2) / (lam + sigma_min**2))
+        c = prior._analysis(probes.to(z0).flatten(0, 1))  # (B * M, ...) coefficients of every probe
+        quad = (a * c.abs() ** 2).flatten(1).sum(1).view(probes.shape[:2])
+        q_native = q_native + (quad - a.expand(c.shape[1:]).sum()).mean(1)
     return q_native - N * math.log(range_scale(prior.data_range))
