@@ -19,6 +19,7 @@ from diractrap.kernels import kernel
 from diractrap.models.registry import REGISTRY, ModelSpec, register
 from diractrap.potential import gaussian_flow_potential, make_probes, potential
 from diractrap.priors import DenseGaussianPrior, GaussianPrior
+from test_priors import OnMinusOneOne  # the same Gaussian re-expressed on [-1, 1]
 
 D64 = torch.float64
 
@@ -164,18 +165,6 @@ def test_heun_converges_at_second_order():
     # second order: the error divides by ~4 when the steps double (measured 5.2, 4.5, 4.2)
     assert (ratios > 3).all(), errors
     assert errors[-1] / x[0].numel() < 3e-4, errors  # 9e-5 nats/dim at 128 steps on this prior (measured)
-
-
-class OnMinusOneOne:
-    """A [0, 1] Gaussian prior re-expressed on [-1, 1]: z = 2x - 1, sigma doubles, D_native(z) = 2 D(x) - 1."""
-
-    data_range = (-1.0, 1.0)
-
-    def __init__(self, prior):
-        self.prior, self.sigma_min, self.sigma_max = prior, 2 * prior.sigma_min, 2 * prior.sigma_max
-
-    def __call__(self, z, sigma, labels=None):
-        return 2 * self.prior((z + 1) / 2, sigma / 2) - 1
 
 
 def test_prior_on_minus_one_one_gives_the_same_q():
