@@ -1,6 +1,7 @@
 """Accuracy and cost of the ODE potential: our solvers against score_sde's likelihood recipe, on the same images.
 
-Usage: .venv/bin/python benchmarks/potential.py [--quick] [--threads 1] [--json OUT.json]   (~7 min; --quick ~10 s)
+Usage: .venv/bin/python benchmarks/potential.py [--quick] [--ncsnpp] [--threads 1] [--json OUT.json]
+(~7 min; --quick ~10 s; --ncsnpp adds score_sde's tiny NCSN++ from ../shared/golden, ~4 min)
 
 Two priors at the demo workflow's size (32 x 32 x 3):
 - gaussian: the stationary Gaussian fitted to the demo training crops (sigma in [0.001, 40] on [0, 1]); the
@@ -206,11 +207,47 @@ def run_prior(name, denoiser, x, ids, args) -> list[dict]:
     return rows
 
 
+def run_golden_ncsnpp(args) -> list[dict]:
+    """score_sde's own numbers on its tiny NCSN++ (shared/golden): our solvers on the same two images and probe,
+    against score_sde's rtol = 1e-7 answer; score_sde's 1e-5 solve (3422 NFE, 98 s, batch 2) is the reference."""
+    from pathlib import Path
+
+    from diractrap.models.loading import load_denoiser
+
+    golden = Path(os.environ.get("DIRACTRAP_SHARED", Path(__file__).resolve().parents[2] / "shared")) / "golden"
+    if not golden.is_dir():
+        print(f"\n(no {golden}: skipping the score_sde NCSN++ comparison)")
+        return []
+    lik = torch.load(golden / "ncsnpp_ve_tiny_likelihood.pt", weights_only=True)
+    meta = json.loads((golden / "ncsnpp_ve_tiny_likelihood.json").read_text())
+    config = json.loads((golden / "ncsnpp_ve_tiny_loader_config.json").read_text())
+    den = load_denoiser(golden / "ncsnpp_ve_tiny_checkpoint.pth", weights=meta["weights"], config=config)
+    sde = meta["sde"]
+    sigma_start = sde["sigma_min"] * (sde["sigma_max"] / sde["sigma_min"]) ** meta["tol1e-5"]["eps"]
+    x, eps, N = lik["data"], lik["epsilon"][:, None], meta["N_dims"]
+    fine = torch.tensor(meta["tol1e-7"]["nll_nats_per_image"], dtype=torch.float64)
+    coarse = torch.tensor(meta["tol1e-5"]["nll_nats_per_image"], dtype=torch.float64)
+    print("\n## score_sde's tiny NCSN++ (16x16x3, 2 images), reference = score_sde RK45 1e-7\n"
+          "| solver | batch | NFE | s / image | error (nats/dim) |\n|---|---|---|---|---|")
+    print(f"| score_sde RK45 1e-5 (recorded) |  2 | {meta['tol1e-5']['nfe']:>5} | "
+          f"{meta['tol1e-5']['solve_time_s'] / 2:8.3f} | {float(((coarse - fine).abs() / N).max()):.1e} |")
+    rows = []
+    for kw in (dict(steps=128), dict(steps=256), dict(solver="dopri5", rtol=1e-4, atol=1e-4),
+               dict(solver="dopri5", rtol=1e-5, atol=1e-5)):
+        res, t = timed(lambda: potential(den, x, probes=eps, sigma_min=sigma_start, sigma_max=float(sde["sigma_max"]), **kw))
+        label = f"heun {kw['steps']} steps" if "steps" in kw else f"dopri5 {kw['rtol']:g}"
+        err = float(((res.q - fine).abs() / N).max())
+        rows.append(dict(prior="ncsnpp-tiny", config=label, batch=2, nfe=res.nfe, s_per_image=t / 2, err_per_dim=err))
+        print(f"| {label:<30} |  2 | {res.nfe:>5} | {t / 2:8.3f} | {err:.1e} |", flush=True)
+    return rows
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer settings, Gaussian prior only (smoke run)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1: stable timings on a shared machine)")
     ap.add_argument("--n-ref", type=int, default=1, help="images solved by the scipy reference (batch 1 each)")
+    ap.add_argument("--ncsnpp", action="store_true", help="also score_sde's tiny NCSN++ from ../shared/golden (~4 min)")
     ap.add_argument("--json", default=None, help="write the rows and the machine description here")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -221,6 +258,8 @@ def main():
     rows = run_prior("gaussian", gaussian_prior(), x, ids, args)
     if not args.quick:
         rows += run_prior("network", random_network(), x, ids, args)
+    if args.ncsnpp:
+        rows += run_golden_ncsnpp(args)
     if args.json:
         from diractrap.data import atomic_path
 
