@@ -346,7 +346,7 @@ def potential(
     *,
     labels: Tensor | None = None,
     solver: str = "heun",
-    steps: int = 128,  # Heun steps, 256 evaluations: 3-6e-3 nats/dim, theta-steps to 0.3 % (BENCHMARKS.md)
+    steps: int = 128,  # Heun steps (256 evaluations): 2-6e-3 nats/dim on 32x32 images (BENCHMARKS.md)
     rho: float = 7.0,  # EDM's schedule exponent
     rtol: float = 1e-5,  # dopri5 tolerances (score_sde's likelihood uses 1e-5 for both)
     atol: float = 1e-5,
@@ -370,7 +370,7 @@ def potential(
             depend on the batch) or "dopri5" (adaptive Dormand-Prince 5(4), ``rtol`` / ``atol`` on the native image
             and on the divergence integral; a batch shares its step sizes, see :func:`_dopri5`). On 32 x 32 images
             dopri5 is the more accurate per evaluation by far (BENCHMARKS.md, "potential"): rtol = atol = 1e-4 gives
-            ~1e-3 nats/dim in ~100 evaluations, 1e-5 ~1e-4 nats/dim in ~150-190; Heun needs 512 evaluations
+            ~1e-3 nats/dim in ~100 evaluations, 1e-5 <= 1.4e-4 nats/dim in ~150-250; Heun needs 512 evaluations
             (256 steps) for 1e-3 nats/dim.
         divergence: "hutchinson" (M probes per image, one VJP each per evaluation; q is their mean and stderr
             their standard error) or "exact" (N VJPs per evaluation, N = C*H*W <= MAX_EXACT_DIM).
