@@ -234,7 +234,7 @@ def run_golden_ncsnpp(args) -> list[dict]:
     rows = []
     for kw in (dict(steps=128), dict(steps=256), dict(solver="dopri5", rtol=1e-4, atol=1e-4),
                dict(solver="dopri5", rtol=1e-5, atol=1e-5)):
-        res, t = timed(lambda: potential(den, x, probes=eps, sigma_min=sigma_start, sigma_max=float(sde["sigma_max"]), **kw))
+        res, t = timed(lambda: potential(den, x, probes=eps, sigma_min=sigma_start, sigma_max=sde["sigma_max"], **kw))
         label = f"heun {kw['steps']} steps" if "steps" in kw else f"dopri5 {kw['rtol']:g}"
         err = float(((res.q - fine).abs() / N).max())
         rows.append(dict(prior="ncsnpp-tiny", config=label, batch=2, nfe=res.nfe, s_per_image=t / 2, err_per_dim=err))
@@ -251,8 +251,9 @@ def main():
     ap.add_argument("--json", default=None, help="write the rows and the machine description here")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    machine = dict(date=datetime.datetime.now().isoformat(timespec="seconds"), cpu=platform.processor() or platform.machine(),
-                   cores=os.cpu_count(), threads=args.threads, torch=torch.__version__, load=os.getloadavg())
+    machine = dict(date=datetime.datetime.now().isoformat(timespec="seconds"),
+                   cpu=platform.processor() or platform.machine(), cores=os.cpu_count(), threads=args.threads,
+                   torch=torch.__version__, load=os.getloadavg())
     print(machine)
     x, ids = benchmark_batch()
     rows = run_prior("gaussian", gaussian_prior(), x, ids, args)

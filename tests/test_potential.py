@@ -73,7 +73,8 @@ def test_hutchinson_rademacher_within_four_standard_errors():
     # of Rademacher vectors have heavier tails than a Gaussian); [0.6, 1.7] keeps margin, while a missing 1/sqrt(M)
     # would give 5.7.
     lam = prior.lam
-    a = math.log(prior.sigma_max / prior.sigma_min) - 0.5 * torch.log((lam + prior.sigma_max**2) / (lam + prior.sigma_min**2))
+    s_min, s_max = prior.sigma_min, prior.sigma_max
+    a = math.log(s_max / s_min) - 0.5 * torch.log((lam + s_max**2) / (lam + s_min**2))
     diag = a.mean(dim=(1, 2))  # per channel
     true_sd = math.sqrt(2 * float((a**2).sum() - (diag**2).sum() * 16 * 16))
     many = potential(prior, x, steps=16, n_probes=32, seed=2)
@@ -234,7 +235,8 @@ class Recorder:
     """A Gaussian denoiser that records the labels and the TF32 flags it was called with."""
 
     def __init__(self, prior):
-        self.prior, self.sigma_min, self.sigma_max, self.data_range = prior, prior.sigma_min, prior.sigma_max, (0.0, 1.0)
+        self.prior, self.sigma_min, self.sigma_max = prior, prior.sigma_min, prior.sigma_max
+        self.data_range = (0.0, 1.0)
         self.seen = []
 
     def __call__(self, x, sigma, labels=None):

@@ -77,6 +77,7 @@ class PotentialResult:
     bits_per_dim: (B,) q / (N ln 2) + 8, the likelihood literature's bits/dim (pixel values on the 8-bit scale,
                   no dequantisation; comparable with score_sde's reports).
     settings:     everything needed to reproduce the numbers (solver, steps / tolerances, probes, seed, sigmas).
+    Tensors are on the CPU whatever the device of the solve.
     """
 
     q: Tensor
@@ -169,11 +170,12 @@ class _Drift:
             kk = len(idx)
             basis = torch.zeros(kk, N, dtype=z.dtype, device=z.device)
             basis[torch.arange(kk), idx] = 1
+            basis = basis.view(1, kk, *z.shape[1:]).expand(B, -1, -1, -1, -1).reshape(B * kk, *z.shape[1:])
             with torch.enable_grad():
                 zr = z.detach().repeat_interleave(kk, dim=0).requires_grad_(True)  # (B * kk, C, H, W), item-major
                 lr = None if labels is None else labels.repeat_interleave(kk, dim=0)
                 D = self.denoiser(zr, z.new_full((B * kk,), sigma), lr)
-                (v,) = torch.autograd.grad(D, zr, basis.view(1, kk, *z.shape[1:]).expand(B, -1, -1, -1, -1).reshape(zr.shape))
+                (v,) = torch.autograd.grad(D, zr, basis)
             div += v.reshape(B, kk, N)[:, torch.arange(kk), idx].sum(1, dtype=torch.float64)
             if D0 is None:
                 D0 = D.detach().reshape(B, kk, *z.shape[1:])[:, 0]
@@ -329,6 +331,12 @@ def _dopri5(drift: _Drift, z: Tensor, s0: float, s1: float, M: int, rtol: float,
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def _end_point_nll(z_T: Tensor, sigma_max: float) -> Tensor:
+    """-log N(z_T; 0, sigma_max^2 I) per image, float64: the end-point prior that stands in for p_{sigma_max}."""
+    N = z_T[0].numel()
+    return 0.5 * z_T.double().flatten(1).pow(2).sum(1) / sigma_max**2 + 0.5 * N * math.log(2 * math.pi * sigma_max**2)
+
+
 @contextlib.contextmanager
 def _no_tf32():
     """Switch TF32 off for CUDA matmuls and cuDNN for the duration of the block, then restore the caller's setting."""
@@ -430,8 +438,7 @@ def potential(
             settings.update(stats)
 
     # end-point prior N(0, sigma_max^2 I) in native units, minus the divergence integral (per probe)
-    prior_nll = 0.5 * z_T.double().flatten(1).pow(2).sum(1) / sigma_max**2 + 0.5 * N * math.log(2 * math.pi * sigma_max**2)
-    q_native = prior_nll[:, None] - ell  # (B, M)
+    q_native = _end_point_nll(z_T, sigma_max)[:, None] - ell  # (B, M)
     # change of variables to images in [0, 1]: z = a x + b, p_[0,1](x) = p_native(z) a^N, so q = q_native - N ln a
     # (a = 2 for a prior on [-1, 1]: q(x) = q_native(2x - 1) - N ln 2)
     q_all = q_native - N * math.log(range_scale(denoiser.data_range))
@@ -472,8 +479,7 @@ def gaussian_flow_potential(prior, x: Tensor, *, probes: Tensor | None = None, s
     lam = prior.lam.to(z0)
     c_T = prior._analysis(z0 - m) * torch.sqrt((lam + sigma_max**2) / (lam + sigma_min**2))
     z_T = m + prior._synthesis(c_T)
-    end_nll = 0.5 * z_T.flatten(1).pow(2).sum(1) / sigma_max**2 + 0.5 * N * math.log(2 * math.pi * sigma_max**2)
-    q_native = prior.potential(z0, sigma_min) + prior.log_prob(z_T, sigma_max) + end_nll
+    q_native = prior.potential(z0, sigma_min) + prior.log_prob(z_T, sigma_max) + _end_point_nll(z_T, sigma_max)
     if probes is not None:
         a = math.log(sigma_max / sigma_min) - 0.5 * torch.log((lam + sigma_max**2) / (lam + sigma_min**2))
         c = prior._analysis(probes.to(z0).flatten(0, 1))  # (B * M, ...) coefficients of every probe
