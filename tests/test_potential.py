@@ -10,6 +10,7 @@ import math
 
 import numpy as np
 import pytest
+import skimage.data
 import torch
 
 from diractrap import cli
@@ -31,8 +32,7 @@ D64 = torch.float64
 
 def astronaut(size: int, n: int = 2) -> torch.Tensor:
     """n real photo crops (scikit-image's astronaut, area-averaged to size x size), float32 in [0, 1]."""
-    skdata = pytest.importorskip("skimage.data")
-    img = torch.from_numpy(skdata.astronaut()).permute(2, 0, 1).double()[None] / 255
+    img = torch.from_numpy(skimage.data.astronaut()).permute(2, 0, 1).double()[None] / 255
     crops = [img, img[..., 100:356, 100:356], img[..., 0:256, 256:512]][:n]
     return torch.cat([torch.nn.functional.adaptive_avg_pool2d(c, size) for c in crops]).float()
 
