@@ -17,6 +17,15 @@ x is started from y extended to the size of x: y padded by the kernel's reach (K
 and left, K // 2 on the bottom and right, the valid model's geometry) with replicate padding by default
 (``pad="reflect"`` also). The same extension starts every reset of Algorithm 1.
 
+The authors' code (github.com/mh-nguyen712/blind_deblur_diffusion, ``putils/optimization.py``, function
+``optimization_loop``; read, not copied) differs from the paper's Algorithm 1, and ``Algorithm1Params`` offers its
+choices as options: Douglas-Rachford inner iterations with the denoiser D(z, 0.03 lr_x), lr_x = 0.05, as the
+prior's proximal step and the data prox solved by conjugate gradients (1000 iterations, tolerance 1e-5,
+``putils/linalg.py``), z clipped to [-0.2, 1.2]; a projected kernel step h <- P(h - lr grad_h) with
+lr = clip(r_n max|h| / max|grad_h|, 1e-7, 1e-3), r_n log-spaced from 1e-2 to 1e-7 over the run; inner steps
+decreasing from 50 to 10 over the first 15 kernel steps after each reset of x to y. Their x-gradient applies the
+prior to the centre (H - K + 1) x (W - K + 1) crop of x only; here q acts on the whole x, as the paper writes Ly.
+
 Sections: the objective and its gradients; x-minimisation (gradient descent and the authors' Douglas-Rachford);
 Algorithm 1; synthetic problems; metrics (PSNR, SSIM, kernel error after the best shift, Levin et al.'s protocol);
 the Statement 1 table; saving results.
