@@ -14,7 +14,6 @@ Sections: the image-set file; the public mirrors; download; preparation (selecti
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -27,6 +26,7 @@ from PIL import Image
 from torch import Tensor
 
 from .data import atomic_path
+from .models.download import sha256sum
 
 __all__ = [
     "ImageSet",
@@ -276,7 +276,7 @@ def prepare_image_set(shard_file, *, count: int, resolution: int, transform: str
             labels.append(int(table[label_column][r - starts[g]]) if label_column else -1)
             names.append(Path(path).name if path else f"{name_prefix}-{int(r):06d}")
     info = dict(source or {}, rows_in_shard=int(pf.metadata.num_rows), count=count, resolution=resolution,
-                transform=transform, select=select, shard_sha256=_sha256(shard_file))
+                transform=transform, select=select, shard_sha256=sha256sum(shard_file))
     return ImageSet(np.stack(images), np.asarray(labels, dtype=np.int64), names, rows.astype(np.int64), info)
 
 
@@ -293,14 +293,6 @@ def paper_image_set(name: str, count: int = 100, root="data/datasets", shard_fil
     return prepare_image_set(path, count=count, resolution=d.resolution, transform=d.transform, select=d.select,
                              image_column=s.image_column, label_column=s.label_column if d.labels else None,
                              source=source, name_prefix=name)
-
-
-def _sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------------------------
