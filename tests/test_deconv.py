@@ -258,6 +258,20 @@ def test_nan_stops_the_run_naming_the_iteration_and_the_term():
         algorithm1(Broken(), y, "wide", kernel_size=3, params=Algorithm1Params(n_ext=10, n_in=4), progress=False)
 
 
+def test_lipschitz_kernel_step_decays_log_linearly():
+    # gamma_x = 0 keeps x = y: the tracked L_h(x) is then the same sequence in both runs, whatever the kernels do,
+    # so the two step sequences differ exactly by the decay factor gamma_h_decay ** (n / N_ext) of iteration n.
+    prior = gaussian_prior((1, 10, 10))
+    _, _, y = problem(K=3)
+    runs = [algorithm1(prior, y, "wide", kernel_size=3, snapshots=1, progress=False,
+                       params=Algorithm1Params(n_ext=20, n_in=1, gamma_x=0.0, gamma_h_scale=0.5, gamma_h_decay=d))
+            for d in (1.0, 1e-2)]
+    steps = [r.trajectory["gamma_h"][1:, 0] for r in runs]  # after iteration n = 0 ... 19
+    np.testing.assert_allclose(steps[1] / steps[0], 1e-2 ** (np.arange(20) / 20), rtol=1e-12)
+    with pytest.raises(ValueError, match="gamma_h_decay"):
+        Algorithm1Params(gamma_h_decay=0.0)
+
+
 def test_inner_step_schedule():
     assert [Algorithm1Params(n_in=7).inner_steps(n) for n in (0, 5, 100)] == [7, 7, 7]
     p = Algorithm1Params(n_in=10, n_in_first=50, n_in_warmup=15, reset=100)  # the authors' 50 -> 10 over 15

@@ -53,6 +53,8 @@ def _add_deblur(sub) -> None:
     p.add_argument("--gamma-h", type=float, default=d.gamma_h,
                    help="a fixed kernel step (implies --kernel-schedule constant); default SCALE / L_h(x_n)")
     p.add_argument("--gamma-h-scale", type=float, default=d.gamma_h_scale, help="SCALE above")
+    p.add_argument("--gamma-h-decay", type=float, default=d.gamma_h_decay,
+                   help="the lipschitz step decays log-linearly to this factor at N_ext (1: constant)")
     p.add_argument("--reset", type=int, default=d.reset, help="x restarts from y every RESET outer iterations")
     p.add_argument("--sigma", type=float, default=d.sigma, help="noise std on [0, 1] (paper: 0.01)")
     p.add_argument("--sigma-g", type=float, default=d.sigma_g, help="noise level of the score for grad q")
@@ -82,7 +84,8 @@ def _run_deblur(args) -> int:
     d = deconv.Algorithm1Params()
     params = deconv.Algorithm1Params(
         n_ext=args.n_ext, n_in=args.n_in, n_in_first=args.n_in_first, n_in_warmup=args.n_in_warmup,
-        gamma_x=args.gamma_x, gamma_h=args.gamma_h, gamma_h_scale=args.gamma_h_scale, reset=args.reset,
+        gamma_x=args.gamma_x, gamma_h=args.gamma_h, gamma_h_scale=args.gamma_h_scale,
+        gamma_h_decay=args.gamma_h_decay, reset=args.reset,
         sigma=args.sigma, sigma_g=args.sigma_g, pad=args.pad, inner=args.inner, kernel_step=args.kernel_step,
         kernel_schedule=args.kernel_schedule or ("constant" if args.gamma_h is not None else d.kernel_schedule),
     )

@@ -312,7 +312,9 @@ class Algorithm1Params:
         argmin_x Ly(x, h) before the kernel starts to move (the paper's "exact minimisation in x").
     kernel_schedule: "lipschitz" (gamma_h,n = gamma_h_scale / L_h(x_{n+1}), L_h the largest eigenvalue of A_x^T A_x
         on zero-sum kernels, tracked by 3 warm-started power iterations per outer iteration: the step follows x
-        as it sharpens, where a step fixed from the blurry start overshoots), "constant" (the paper's form, a
+        as it sharpens, where a step fixed from the blurry start overshoots; with gamma_h_decay < 1 the step is
+        further multiplied by gamma_h_decay ** (n / N_ext), a log-linear decay as in the authors' code, so that
+        the kernel moves fast at first and settles), "constant" (the paper's form, a
         fixed gamma_h) or "log-relative" (the authors' code: gamma_h,n = clip(r_n max|h| /
         max|grad_h|, 1e-7, gamma_h_max), r_n log-spaced from rel_step[0] to rel_step[1] over the N_ext steps, so
         that the largest kernel change is the fraction r_n of the largest kernel value).
@@ -324,7 +326,8 @@ class Algorithm1Params:
     n_in_warmup: int = 15  # ... to N_in over this many outer iterations (authors' code: 50 -> 10 over 15)
     gamma_x: float | None = None  # not stated; None: 1 / (1 + sigma^2 / sigma_g^2), the inverse Lipschitz bound
     gamma_h: float | None = None  # not stated; used by kernel_schedule "constant"
-    gamma_h_scale: float = 1.0  # kernel_schedule "lipschitz": gamma_h,n = gamma_h_scale / L_h(x_n)
+    gamma_h_scale: float = 1.0  # kernel_schedule "lipschitz": gamma_h,n = gamma_h_scale / L_h(x_n) ...
+    gamma_h_decay: float = 1.0  # ... times gamma_h_decay ** (n / N_ext): 1 = no decay (paper); < 1 a log decay
     reset: int = 100  # paper: x restarts from y when n mod 100 == 0
     sigma: float = 0.01  # paper: noise std on [0, 1]
     sigma_g: float = 0.001  # authors' notebooks: grad q(x) ~ (x - D(x, sigma_g)) / sigma_g^2
@@ -350,6 +353,8 @@ class Algorithm1Params:
             )
         if self.kernel_schedule == "constant" and self.gamma_h is None:
             raise ValueError("kernel_schedule 'constant' needs gamma_h")
+        if not 0 < self.gamma_h_decay <= 1:
+            raise ValueError(f"gamma_h_decay must be in (0, 1], got {self.gamma_h_decay}")
         if self.n_ext < 0 or self.n_in < 0 or self.reset < 1 or self.n_in_warmup < 1:
             raise ValueError("need n_ext >= 0, n_in >= 0, reset >= 1 and n_in_warmup >= 1")
 
@@ -518,7 +523,7 @@ def algorithm1(
             step = gamma_h_const
         elif p.kernel_schedule == "lipschitz":
             lip, v_lip = kernel_lipschitz(x, K, n_iter=3, v0=v_lip, return_vector=True)
-            step = p.gamma_h_scale / lip
+            step = p.gamma_h_scale * p.gamma_h_decay ** (n / max(p.n_ext, 1)) / lip
         else:
             ratio = h.flatten(1).abs().amax(1) / g.flatten(1).abs().amax(1).clamp_min(1e-30)
             step = (rel[n] * ratio).clamp(1e-7, p.gamma_h_max)
