@@ -139,7 +139,7 @@ def _write_log(path: Path, rows: list[dict]) -> None:
 def train_demo_prior(
     out_dir,
     *,
-    steps: int = 4000,  # ~15 min at ~200 ms/step (batch 64, 32 x 32, bf16, 2 idle cores; NOTES.md)
+    steps: int = 4000,  # 37.5 min at 562 ms/step on 2 idle cores (BENCHMARKS.md "demo prior")
     batch_size: int = 64,
     lr: float = 1e-3,  # Adam; EDM uses 1e-3 for its CIFAR-10 DDPM++ at batch 512
     seed: int = 0,
