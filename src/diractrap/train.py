@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from .data import atomic_path, demo_images
+from .models.download import sha256sum
 from .priors import denoise_unit, from_native, to_native
 
 __all__ = [
@@ -278,7 +279,7 @@ def train_demo_prior(
     record = dict(
         name="demo",
         weights="demo_prior.pt",
-        sha256=_sha256(weights_path),
+        sha256=sha256sum(weights_path),
         params=sum(p.numel() for p in ema.parameters()),
         architecture=arch,
         training=dict(settings, steps_done=step, wall_s=round(wall, 1), ms_per_step=round(1000 * wall / max(step, 1), 1),
@@ -291,14 +292,6 @@ def train_demo_prior(
     with atomic_path(config_path) as tmp:
         tmp.write_text(json.dumps(record, indent=1) + "\n")
     return config_path
-
-
-def _sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -333,7 +326,7 @@ def load_demo_prior(config=None, *, device="cpu"):
     weights = config.parent / record["weights"]
     if not weights.is_file():
         raise FileNotFoundError(f"{config} names weights {weights}, which do not exist")
-    sha = _sha256(weights)
+    sha = sha256sum(weights)
     if sha != record["sha256"]:
         raise RuntimeError(
             f"{weights} has sha256 {sha}, but {config.name} records {record['sha256']}: the weights were changed or "
