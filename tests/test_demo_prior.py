@@ -11,7 +11,14 @@ import torch
 from diractrap.data import demo_images
 from diractrap.models.registry import get_denoiser
 from diractrap.priors import GaussianPrior, denoise_unit
-from diractrap.train import DEMO_ARCH, denoising_table, edm_sampler, load_demo_prior, train_demo_prior
+from diractrap.train import (
+    DEMO_ARCH,
+    denoising_table,
+    edm_sampler,
+    load_demo_prior,
+    sample_sigma,
+    train_demo_prior,
+)
 
 
 @pytest.fixture(scope="module")
@@ -108,6 +115,43 @@ def test_training_resumes_identically(tmp_path, one_thread):
     assert json.loads((tmp_path / "a" / "demo_prior.json").read_text())["training"]["steps_done"] == 6
     with pytest.raises(ValueError, match="other settings"):
         train_demo_prior(tmp_path / "b", **{**kw, "lr": 5e-4})  # a checkpoint never continues a different run
+    with pytest.raises(ValueError, match="other settings"):
+        train_demo_prior(tmp_path / "b", **{**kw, "P_uniform": 0.5})  # nor one with other noise levels
+    old = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)  # written before the P_uniform option:
+    del old["settings"]["P_uniform"]  # EDM's log-normal only, so it continues as P_uniform = 0
+    torch.save(old, tmp_path / "b" / "checkpoint.pt")
+    train_demo_prior(tmp_path / "b", **{**kw, "steps": 7})
+    assert torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)["step"] == 7
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The training noise levels: EDM's log-normal, unchanged by default, and the log-uniform mixture, against their CDFs
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_sample_sigma_default_is_edm_lognormal():
+    g = torch.Generator().manual_seed(5)
+    expected = torch.exp(torch.randn(1000, generator=g) * 1.2 - 1.2)  # EDM's draw, written out
+    assert torch.equal(sample_sigma(1000, torch.Generator().manual_seed(5)), expected)
+
+
+@pytest.mark.parametrize("p_uniform", [0.5, 1.0])
+def test_sample_sigma_mixture_follows_its_cdf(p_uniform):
+    from scipy import stats
+
+    lo, hi = 0.002, 80.0
+    s = sample_sigma(20000, torch.Generator().manual_seed(1), P_uniform=p_uniform, sigma_range=(lo, hi)).double()
+    assert s.min() > 0 and (p_uniform < 1 or (s.min() >= lo and s.max() <= hi))
+
+    def cdf(v):  # of log sigma: the mixture of N(-1.2, 1.2^2) and U(log lo, log hi)
+        uni = ((v - math.log(lo)) / (math.log(hi) - math.log(lo))).clip(0, 1)
+        return p_uniform * uni + (1 - p_uniform) * stats.norm.cdf(v, loc=-1.2, scale=1.2)
+
+    # a fixed seed, so deterministic; drawn with a fraction of 0.45, these 20000 draws score p = 4e-4 against 0.5
+    assert stats.kstest(s.log().numpy(), cdf).pvalue > 1e-3
+    below = (s < 0.01).double().mean().item()  # sigma < 0.005 on [0, 1]: EDM's log-normal puts 0.2 % there
+    exact = p_uniform * math.log(0.01 / lo) / math.log(hi / lo) + (1 - p_uniform) * stats.norm.cdf(math.log(0.01), -1.2, 1.2)
+    assert abs(below - exact) < 4 * math.sqrt(exact * (1 - exact) / len(s))
 
 
 # ---------------------------------------------------------------------------------------------------------------

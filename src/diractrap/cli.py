@@ -194,6 +194,9 @@ def _add_train_demo(sub) -> None:
     p.add_argument("--batch-size", type=int, default=d["batch_size"])
     p.add_argument("--lr", type=float, default=d["lr"])
     p.add_argument("--seed", type=int, default=d["seed"])
+    p.add_argument("--p-uniform", type=float, default=d["P_uniform"],
+                   help="fraction of noise levels drawn log-uniformly on the network's [sigma_min, sigma_max] instead "
+                   "of EDM's log-normal (default %(default)s)")
     p.add_argument("--no-bf16", action="store_true", help="train in float32 instead of bfloat16 autocast")
     p.add_argument("--no-resume", action="store_true", help="start afresh even if OUT/checkpoint.pt exists")
     p.add_argument("--threads", type=int, default=None,
@@ -210,7 +213,7 @@ def _run_train_demo(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     path = train_demo_prior(args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                            bf16=not args.no_bf16, resume=not args.no_resume, progress=not args.no_progress)
+                            P_uniform=args.p_uniform, bf16=not args.no_bf16, resume=not args.no_resume, progress=not args.no_progress)
     print(f"wrote {path}")
     return 0
 

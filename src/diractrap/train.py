@@ -1,6 +1,6 @@
 """The embedded demo prior: a small EDM denoiser trained on the demo crops, its sampler and its evaluation.
 
-Sections: the demo architecture; EDM's training loss (Karras et al. 2022, Eq. 2 with Table 1's log-normal sigma
+Sections: the demo architecture; EDM's training loss (Karras et al. 2022, Eq. 2 with Table 1's log-normal sigma,
 and loss weight); the training loop (Adam, EMA, resumable); the shipped weights; EDM's deterministic Heun sampler
 (Algorithm 1 of Karras et al.); the denoising table (PSNR against the Wiener filter of the fitted Gaussian).
 
@@ -31,6 +31,7 @@ from .priors import denoise_unit, from_native, to_native
 
 __all__ = [
     "DEMO_ARCH",
+    "sample_sigma",
     "edm_loss",
     "train_demo_prior",
     "load_demo_prior",
@@ -80,6 +81,31 @@ def build_network(arch: dict | None = None):
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def sample_sigma(
+    n: int,
+    generator: torch.Generator,
+    *,
+    P_mean: float = -1.2,  # EDM: log-normal mean of sigma
+    P_std: float = 1.2,  # EDM: log-normal std of sigma
+    P_uniform: float = 0.0,  # EDM: 0; else this fraction of sigmas is log-uniform on sigma_range
+    sigma_range: tuple[float, float] = (0.002, 80.0),  # EDM's sampling range on [-1, 1]
+) -> Tensor:
+    """n training noise levels (native units), shape (n,): log-normal (EDM) or, with probability ``P_uniform``,
+    log-uniform on ``sigma_range``.
+
+    EDM's log-normal puts 0.2 % of its mass below sigma = 0.01 on [-1, 1] (0.005 on [0, 1]), where Algorithm 1
+    evaluates the small-noise score; a log-uniform share gives those levels weight across the whole range of the
+    probability-flow ODE. With ``P_uniform = 0`` the draws are EDM's and consume the generator exactly as before.
+    """
+    log_sigma = torch.randn(n, generator=generator) * P_std + P_mean
+    if P_uniform > 0:
+        lo, hi = math.log(sigma_range[0]), math.log(sigma_range[1])
+        uniform = torch.rand(n, generator=generator)
+        pick = torch.rand(n, generator=generator) < P_uniform
+        log_sigma = torch.where(pick, lo + (hi - lo) * uniform, log_sigma)
+    return torch.exp(log_sigma)
+
+
 def edm_loss(
     net,
     y: Tensor,
@@ -88,16 +114,19 @@ def edm_loss(
     P_mean: float = -1.2,  # EDM: log-normal mean of sigma
     P_std: float = 1.2,  # EDM: log-normal std of sigma
     sigma_data: float = 0.5,  # EDM: data std on [-1, 1]
+    P_uniform: float = 0.0,  # EDM: 0 (see sample_sigma)
+    sigma_range: tuple[float, float] = (0.002, 80.0),  # EDM's sampling range on [-1, 1]
     bf16: bool = False,
 ) -> Tensor:
     """EDM's weighted denoising loss per image, shape (B,): lambda(sigma) * mean over pixels of |D(y + n) - y|^2.
 
-    ``y`` (B, C, H, W) on [-1, 1]; sigma and the noise come from ``generator``. EDM sums over pixels; we average
-    (Adam is invariant to the constant, and the logged value is comparable across resolutions). With ``bf16`` the
-    network runs under CPU bfloat16 autocast; the loss is formed in float32.
+    ``y`` (B, C, H, W) on [-1, 1]; sigma (:func:`sample_sigma`) and the noise come from ``generator``. EDM sums
+    over pixels; we average (Adam is invariant to the constant, and the logged value is comparable across
+    resolutions). With ``bf16`` the network runs under CPU bfloat16 autocast; the loss is formed in float32.
     """
     B = y.shape[0]
-    sigma = torch.exp(torch.randn(B, 1, 1, 1, generator=generator) * P_std + P_mean).to(y)
+    sigma = sample_sigma(B, generator, P_mean=P_mean, P_std=P_std, P_uniform=P_uniform, sigma_range=sigma_range)
+    sigma = sigma.view(B, 1, 1, 1).to(y)
     weight = (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2
     n = torch.randn(y.shape, generator=generator).to(y) * sigma
     with torch.autocast(y.device.type, dtype=torch.bfloat16, enabled=bf16):
@@ -150,6 +179,7 @@ def train_demo_prior(
     arch: dict | None = None,
     P_mean: float = -1.2,  # EDM
     P_std: float = 1.2,  # EDM
+    P_uniform: float = 0.0,  # EDM: 0; the fraction of sigmas drawn log-uniformly on [sigma_min, sigma_max]
     lr_rampup: int = 500,  # warm-up steps
     lr_decay: bool = False,  # True: cosine decay to lr/10 (then the schedule depends on ``steps``)
     ema_halflife_kimg: float = 50.0,  # EMA half-life in thousands of images (EDM: 500 for 200 Mimg runs)
@@ -187,7 +217,7 @@ def train_demo_prior(
     if images.ndim != 4 or images.shape[1] != arch["img_channels"]:
         raise ValueError(f"images must be (N, {arch['img_channels']}, R, R) in [0, 1], got {tuple(images.shape)}")
     settings = dict(
-        steps=steps, batch_size=batch_size, lr=lr, seed=seed, P_mean=P_mean, P_std=P_std, lr_rampup=lr_rampup,
+        steps=steps, batch_size=batch_size, lr=lr, seed=seed, P_mean=P_mean, P_std=P_std, P_uniform=P_uniform, lr_rampup=lr_rampup,
         lr_decay=lr_decay, ema_halflife_kimg=ema_halflife_kimg, ema_rampup_ratio=ema_rampup_ratio, bf16=bf16,
         optimizer="Adam(betas=(0.9, 0.999), eps=1e-8)", augmentation="horizontal flips (p = 1/2)",
         n_train_images=int(images.shape[0]), train_resolution=int(images.shape[-1]),
@@ -202,7 +232,8 @@ def train_demo_prior(
     ckpt_path, log_path = out_dir / "checkpoint.pt", out_dir / "loss.csv"
     if resume and ckpt_path.is_file():
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        same = {k: v for k, v in ckpt["settings"].items() if k != "steps"} == {k: v for k, v in settings.items() if k != "steps"}
+        before = {"P_uniform": 0.0, **ckpt["settings"]}  # runs from before the option drew EDM's sigmas only
+        same = {k: v for k, v in before.items() if k != "steps"} == {k: v for k, v in settings.items() if k != "steps"}
         if lr_decay and ckpt["settings"]["steps"] != steps:
             same = False  # the cosine schedule depends on the run length
         if ckpt["arch"] != arch or not same or ckpt["data_sha256"] != fingerprint:
@@ -235,7 +266,8 @@ def train_demo_prior(
         flip = torch.rand(batch_size, generator=g) < 0.5
         y = y_all[idx]
         y = torch.where(flip.view(-1, 1, 1, 1), y.flip(-1), y)
-        loss = edm_loss(net, y, g, P_mean=P_mean, P_std=P_std, sigma_data=arch["sigma_data"], bf16=bf16).mean()
+        loss = edm_loss(net, y, g, P_mean=P_mean, P_std=P_std, sigma_data=arch["sigma_data"], P_uniform=P_uniform,
+                        sigma_range=(arch["sigma_min"], arch["sigma_max"]), bf16=bf16).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         for p in net.parameters():  # as EDM: a rare non-finite gradient must not poison Adam's moments

@@ -11,4 +11,5 @@ from diractrap.train import train_demo_prior
 
 torch.set_num_threads(snakemake.threads)
 t = snakemake.params.train
-train_demo_prior(Path(snakemake.output.weights).parent, steps=t["steps"], seed=t["seed"], resume=True, progress=True)
+train_demo_prior(Path(snakemake.output.weights).parent, steps=t["steps"], seed=t["seed"], P_uniform=t["P_uniform"],
+                 resume=True, progress=True)
