@@ -1,0 +1,78 @@
+"""The MAP objective along each pair's own blur family: why Algorithm 1's small start stops short of the Dirac.
+
+For each Algorithm 1 pair of config/demo.yaml (demo test crop, kernel h_bar = h(theta_bar)) and each scale s, take
+the kernel h_s = h(s theta_bar) of the same family (s = 0: the Dirac), the x-minimiser x_s of Ly(., h_s) found the
+way Algorithm 1 finds it (``deconv.map_x``: gradient steps with the small-noise score at sigma_g, from y extended),
+and evaluate F(s) = Ly(x_s, h_s) with q from the ODE potential (the workflow's solver settings): the objective
+along the family as Algorithm 1's x-steps can reach it. Where F is lowest is where the kernel iterates can settle:
+if F(0) is not the lowest value, the Dirac kernel is not what the small start runs into. For comparison the script
+also evaluates the Dirac with one denoiser call at the noise level, x = D(y extended, sigma), in place of x_0.
+
+Usage: .venv/bin/python benchmarks/profile_objective.py [--n-iter 300] [--threads 1]; numbers go into
+BENCHMARKS.md ("deconv").
+"""
+
+import argparse
+import os
+import time
+
+import torch
+import yaml
+
+from diractrap.data import demo_images
+from diractrap.deconv import extend, make_problem, map_x, objective
+from diractrap.kernels import dirac, kernel, second_moment
+from diractrap.potential import potential
+from diractrap.priors import denoise_unit
+from diractrap.train import load_demo_prior
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--config", default="config/demo.yaml")
+    ap.add_argument("--scales", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0, 1.25])
+    ap.add_argument("--n-iter", type=int, default=300, help="gradient steps of map_x (the workflow's n_iter_delta)")
+    ap.add_argument("--sigma-g", type=float, default=None, help="default: the config's algorithm1.sigma_g")
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    cfg = yaml.safe_load(open(args.config))
+    dc = cfg["deconv"]
+    alg, pot = dc["algorithm1"], dict(cfg["sweep"]["potential"])
+    sigma, K = dc["sigma"], dc["kernel_size"]
+    sigma_g = alg["sigma_g"] if args.sigma_g is None else args.sigma_g
+    X = demo_images(cfg["image_sets"][dc["images"]]["split"], cfg["image_sets"][dc["images"]]["resolution"])
+    pairs = dc["pairs"]
+    print(f"load average {os.getloadavg()}, threads {args.threads}, sigma {sigma}, sigma_g {sigma_g}, K {K}, "
+          f"map_x steps {args.n_iter}, potential {pot}")
+
+    def family(p, s):
+        extra = {"angle": p["angle"]} if "angle" in p else {}
+        return kernel(p["family"], p["theta"] * s, K, **extra)
+
+    x_true = X[[p["image"] for p in pairs]]
+    h_true = torch.stack([family(p, 1.0) for p in pairs])
+    y = make_problem(x_true, h_true, sigma=sigma, seed=dc["seed"], item_ids=range(len(pairs)))
+    S, P = len(args.scales), len(pairs)
+    H = torch.stack([torch.stack([family(p, s) for s in args.scales]) for p in pairs]).flatten(0, 1)
+    Y = y.repeat_interleave(S, 0)
+    t0 = time.time()
+    xs = map_x(load_demo_prior(), Y, H, n_iter=args.n_iter, sigma=sigma, sigma_g=sigma_g)
+    den = load_demo_prior()
+    x_den = denoise_unit(den, extend(y, K), sigma)  # the Dirac's image by one denoiser call at the noise level
+    q = torch.as_tensor(potential(den, torch.cat([xs, x_den]), **pot).q, dtype=torch.float64)
+    F = objective(xs, H, Y, q[: len(H)].to(Y), sigma=sigma)
+    F_den = objective(x_den, dirac(K, dtype=y.dtype).expand(P, K, K), y, q[len(H):].to(y), sigma=sigma)
+    print(f"{time.time() - t0:.0f} s")
+    spread = second_moment(H).view(P, S)
+    for i, p in enumerate(pairs):
+        print(f"pair {i} ({p['family']} {p['theta']}, crop {p['image']})")
+        print("  s        " + "".join(f"{s:>9.2f}" for s in args.scales))
+        print("  spread   " + "".join(f"{v:>9.1f}" for v in spread[i].tolist()))
+        for name, t in (("data", F["data"]), ("F", F["total"])):
+            print(f"  {name:9s}" + "".join(f"{v:>9.4f}" for v in t.view(P, S)[i].tolist()))
+        print(f"  Dirac with x = D(y, sigma): data {F_den['data'][i]:.4f}, F {F_den['total'][i]:.4f}")
+
+
+if __name__ == "__main__":
+    main()
