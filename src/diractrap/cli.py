@@ -213,7 +213,8 @@ def _run_train_demo(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     path = train_demo_prior(args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                            P_uniform=args.p_uniform, bf16=not args.no_bf16, resume=not args.no_resume, progress=not args.no_progress)
+                            P_uniform=args.p_uniform, bf16=not args.no_bf16, resume=not args.no_resume,
+                            progress=not args.no_progress)
     print(f"wrote {path}")
     return 0
 

@@ -1,8 +1,9 @@
 """The embedded demo prior: a small EDM denoiser trained on the demo crops, its sampler and its evaluation.
 
-Sections: the demo architecture; EDM's training loss (Karras et al. 2022, Eq. 2 with Table 1's log-normal sigma,
-and loss weight); the training loop (Adam, EMA, resumable); the shipped weights; EDM's deterministic Heun sampler
-(Algorithm 1 of Karras et al.); the denoising table (PSNR against the Wiener filter of the fitted Gaussian).
+Sections: the demo architecture; EDM's training loss (Karras et al. 2022, Eq. 2 with Table 1's log-normal sigma
+and loss weight; optionally a log-uniform share of the sigmas); the training loop (Adam, EMA, resumable); the
+shipped weights; EDM's deterministic Heun sampler (Algorithm 1 of Karras et al.); the denoising table (PSNR against
+the Wiener filter of the fitted Gaussian).
 
 The network is :class:`diractrap.models.edm.EDMPrecond` around a small DDPM++-like
 :class:`~diractrap.models.edm.SongUNet` (:data:`DEMO_ARCH`): data on [-1, 1], sigma in [-1, 1] units. Images
@@ -217,10 +218,11 @@ def train_demo_prior(
     if images.ndim != 4 or images.shape[1] != arch["img_channels"]:
         raise ValueError(f"images must be (N, {arch['img_channels']}, R, R) in [0, 1], got {tuple(images.shape)}")
     settings = dict(
-        steps=steps, batch_size=batch_size, lr=lr, seed=seed, P_mean=P_mean, P_std=P_std, P_uniform=P_uniform, lr_rampup=lr_rampup,
-        lr_decay=lr_decay, ema_halflife_kimg=ema_halflife_kimg, ema_rampup_ratio=ema_rampup_ratio, bf16=bf16,
-        optimizer="Adam(betas=(0.9, 0.999), eps=1e-8)", augmentation="horizontal flips (p = 1/2)",
-        n_train_images=int(images.shape[0]), train_resolution=int(images.shape[-1]),
+        steps=steps, batch_size=batch_size, lr=lr, seed=seed, P_mean=P_mean, P_std=P_std, P_uniform=P_uniform,
+        lr_rampup=lr_rampup, lr_decay=lr_decay, ema_halflife_kimg=ema_halflife_kimg,
+        ema_rampup_ratio=ema_rampup_ratio, bf16=bf16, optimizer="Adam(betas=(0.9, 0.999), eps=1e-8)",
+        augmentation="horizontal flips (p = 1/2)", n_train_images=int(images.shape[0]),
+        train_resolution=int(images.shape[-1]),
     )
     fingerprint = hashlib.sha256((images * 255).round().to(torch.uint8).numpy().tobytes()).hexdigest()
 
