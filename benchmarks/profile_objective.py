@@ -57,8 +57,8 @@ def main():
     H = torch.stack([torch.stack([family(p, s) for s in args.scales]) for p in pairs]).flatten(0, 1)
     Y = y.repeat_interleave(S, 0)
     t0 = time.time()
-    xs = map_x(load_demo_prior(), Y, H, n_iter=args.n_iter, sigma=sigma, sigma_g=sigma_g)
     den = load_demo_prior()
+    xs = map_x(den, Y, H, n_iter=args.n_iter, sigma=sigma, sigma_g=sigma_g)
     x_den = denoise_unit(den, extend(y, K), sigma)  # the Dirac's image by one denoiser call at the noise level
     q = torch.as_tensor(potential(den, torch.cat([xs, x_den]), **pot).q, dtype=torch.float64)
     F = objective(xs, H, Y, q[: len(H)].to(Y), sigma=sigma)
