@@ -150,7 +150,8 @@ def test_sample_sigma_mixture_follows_its_cdf(p_uniform):
     # a fixed seed, so deterministic; drawn with a fraction of 0.45, these 20000 draws score p = 4e-4 against 0.5
     assert stats.kstest(s.log().numpy(), cdf).pvalue > 1e-3
     below = (s < 0.01).double().mean().item()  # sigma < 0.005 on [0, 1]: EDM's log-normal puts 0.2 % there
-    exact = p_uniform * math.log(0.01 / lo) / math.log(hi / lo) + (1 - p_uniform) * stats.norm.cdf(math.log(0.01), -1.2, 1.2)
+    exact = p_uniform * math.log(0.01 / lo) / math.log(hi / lo)
+    exact += (1 - p_uniform) * stats.norm.cdf(math.log(0.01), -1.2, 1.2)
     assert abs(below - exact) < 4 * math.sqrt(exact * (1 - exact) / len(s))
 
 

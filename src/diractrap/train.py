@@ -98,6 +98,8 @@ def sample_sigma(
     evaluates the small-noise score; a log-uniform share gives those levels weight across the whole range of the
     probability-flow ODE. With ``P_uniform = 0`` the draws are EDM's and consume the generator exactly as before.
     """
+    if not 0 <= P_uniform <= 1:
+        raise ValueError(f"P_uniform is a fraction of the draws, in [0, 1]; got {P_uniform}")
     log_sigma = torch.randn(n, generator=generator) * P_std + P_mean
     if P_uniform > 0:
         lo, hi = math.log(sigma_range[0]), math.log(sigma_range[1])
