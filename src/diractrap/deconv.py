@@ -28,7 +28,7 @@ prior to the centre (H - K + 1) x (W - K + 1) crop of x only; here q acts on the
 
 Sections: the objective and its gradients; x-minimisation (gradient descent and the authors' Douglas-Rachford);
 Algorithm 1; synthetic problems; metrics (PSNR, SSIM, kernel error after the best shift, Levin et al.'s protocol);
-the Statement 1 table; saving results.
+Statement 1 (the semigroup path from the true pair to the trivial one, and the table); saving results.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ from torch import Tensor
 from . import __version__
 from .blur import conv, conv_adjoint, conv_adjoint_kernel
 from .data import atomic_path
-from .kernels import dirac, project_simplex, second_moment, small, wide
+from .kernels import dirac, kernel, project_simplex, second_moment, small, wide
 from .priors import check_denoiser, denoise_unit, score_unit
 
 __all__ = [
@@ -71,6 +71,7 @@ __all__ = [
     "psnr",
     "ssim",
     "metrics",
+    "semigroup_path",
     "statement1",
     "Statement1Result",
     "save_result",
@@ -731,8 +732,37 @@ def metrics(
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Statement 1 in numbers: Ly at the truth, at the trivial pair (x_delta, delta) and at Algorithm 1's output
+# Statement 1 in numbers: a path of constant data term from the truth to delta; Ly at the truth, at the trivial
+# pair (x_delta, delta) and at Algorithm 1's output
 # ---------------------------------------------------------------------------------------------------------------
+
+
+def semigroup_path(
+    x_true: Tensor, theta: float, ts: Sequence[float], kernel_size: int, *, boundary: str = "reflect"
+) -> tuple[Tensor, Tensor]:
+    """Statement 1's argument as a path from the true pair to the trivial one, for a Gaussian blur h_bar = g_theta.
+
+    Gaussians compose, g_a * g_b = g_sqrt(a^2 + b^2), so for t in [0, 1] the pair x_t = g_{sqrt(1 - t^2) theta} *
+    x_true, h_t = g_{t theta} has h_t * x_t = h_bar * x_true: the data term of Ly stays at 1/2 ||b||^2 all along
+    the path (up to the grid: sampled Gaussians compose to ~1e-6 once both stds exceed ~1 px, and x_t is blurred at
+    the size of x with ``boundary``), while q(x_t) grows with t wherever Claim 1 holds. t = 1 is (x_true, h_bar),
+    t = 0 is (h_bar * x_true, delta). So on a prior where Claim 1 holds the true pair is not a local minimiser of
+    Ly, and any descent method from near it drifts towards delta.
+
+    ``x_true`` (B, C, H, W); returns x_t (T * B, C, H, W) and h_t (T * B, K, K), t-major (item t * B + b).
+    """
+    from .blur import blur_same
+
+    B = x_true.shape[0]
+    xs, hs = [], []
+    for t in ts:
+        if not 0 <= t <= 1:
+            raise ValueError(f"the path parameter t must be in [0, 1], got {t}")
+        rest = kernel("gaussian", math.sqrt(1 - t * t) * theta, kernel_size, dtype=x_true.dtype, device=x_true.device)
+        xs.append(blur_same(x_true, rest, boundary))
+        h = kernel("gaussian", t * theta, kernel_size, dtype=x_true.dtype, device=x_true.device)
+        hs.append(h.expand(B, kernel_size, kernel_size))
+    return torch.cat(xs), torch.cat(hs)
 
 
 @dataclass
