@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import __version__
-from .blur import conv, conv_adjoint, conv_adjoint_kernel
+from .blur import blur_same, conv, conv_adjoint, conv_adjoint_kernel
 from .data import atomic_path
 from .kernels import dirac, kernel, project_simplex, second_moment, small, wide
 from .priors import check_denoiser, denoise_unit, score_unit
@@ -751,8 +751,6 @@ def semigroup_path(
 
     ``x_true`` (B, C, H, W); returns x_t (T * B, C, H, W) and h_t (T * B, K, K), t-major (item t * B + b).
     """
-    from .blur import blur_same
-
     B = x_true.shape[0]
     xs, hs = [], []
     for t in ts:
