@@ -14,6 +14,7 @@ import torch
 from diractrap import deconv
 from diractrap.blur import conv
 from diractrap.deconv import Algorithm1Params, NonFiniteError, algorithm1, metrics
+from diractrap.metrics import _shift_kernel
 from diractrap.kernels import dirac, kernel, project_simplex
 from diractrap.priors import GaussianPrior
 
@@ -343,7 +344,7 @@ def test_metrics_undo_the_translation_ambiguity():
     h = torch.zeros(K, K, dtype=D64)
     h[3:6, 3:6] = kernel("gaussian", 0.8, 3, dtype=D64)  # room to move inside the window
     x_hat = torch.roll(x, shifts=s, dims=(-2, -1))  # x_hat[i + s] = x[i]
-    h_hat = deconv._shift_kernel(h, -s[0], -s[1])  # h_hat[u] = h[u + s]
+    h_hat = _shift_kernel(h, -s[0], -s[1])  # h_hat[u] = h[u + s]
     # the sign convention: same blurry image (away from the wrapped border)
     torch.testing.assert_close(conv(x_hat, h_hat)[..., 3:-3, 3:-3], conv(x, h)[..., 3:-3, 3:-3])
     m = metrics(x_hat, h_hat, x, h)
