@@ -276,7 +276,9 @@ def test_lipschitz_kernel_step_decays_log_linearly():
 def test_inner_step_schedule():
     assert [Algorithm1Params(n_in=7).inner_steps(n) for n in (0, 5, 100)] == [7, 7, 7]
     p = Algorithm1Params(n_in=10, n_in_first=50, n_in_warmup=15, reset=100)  # the authors' 50 -> 10 over 15
-    assert [p.inner_steps(n) for n in (0, 1, 14, 15, 99, 100, 101)] == [50, 47, 13, 10, 10, 50, 47]
+    # the authors' rule, written independently: max(50 - i (50 - 10) / 15, 10) truncated to an integer
+    theirs = np.maximum(50 - np.arange(100) * (50 - 10) / 15, 10).astype(np.int16).tolist()
+    assert [p.inner_steps(n) for n in range(200)] == theirs + theirs
 
 
 def test_parameters_are_checked():

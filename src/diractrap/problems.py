@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .blur import conv
+from .blur import blur_same, conv
 from .data import atomic_path
 from .deconv import Algorithm1Params, Algorithm1Result, algorithm1, initial_kernels
 from .metrics import metrics
@@ -33,14 +33,35 @@ def item_generator(seed: int, item_id: int) -> torch.Generator:
 
 
 def make_problem(
-    x: Tensor, h: Tensor, *, sigma: float = 0.01, seed: int = 0, item_ids: Sequence[int] | None = None
-) -> Tensor:  # paper: sigma 0.01
-    """y = valid(h * x) + sigma n for x (B, C, H, W) in [0, 1], h (K, K) or (B, K, K); n ~ N(0, I) per item."""
+    x: Tensor,
+    h: Tensor,
+    *,
+    sigma: float = 0.01,  # paper: sigma 0.01
+    seed: int = 0,
+    item_ids: Sequence[int] | None = None,
+    full: bool = False,
+    boundary: str = "reflect",
+):
+    """y = valid(h * x) + sigma n for x (B, C, H, W) in [0, 1], h (K, K) or (B, K, K); n ~ N(0, I) per item.
+
+    With ``full``, also the blurry image at the size of x, as a camera that sees past the border would record it
+    (the geometry of the authors' code, where x starts from it): its valid centre is y exactly, its border is
+    h * x with ``boundary`` extension plus noise drawn after y's from the same per-item generator. Returns y, or
+    (y, y_full).
+    """
     clean = conv(x, h, "valid")
-    ids = range(x.shape[0]) if item_ids is None else item_ids
-    shape = clean.shape[1:]
-    noise = torch.stack([torch.randn(shape, generator=item_generator(seed, i), dtype=torch.float64) for i in ids])
-    return clean + sigma * noise.to(clean)
+    ids = list(range(x.shape[0]) if item_ids is None else item_ids)
+    gens = [item_generator(seed, i) for i in ids]
+    noise = torch.stack([torch.randn(clean.shape[1:], generator=g, dtype=torch.float64) for g in gens])
+    y = clean + sigma * noise.to(clean)
+    if not full:
+        return y
+    K = h.shape[-1]
+    top, left = K - 1 - K // 2, K - 1 - K // 2
+    border = torch.stack([torch.randn(x.shape[1:], generator=g, dtype=torch.float64) for g in gens])
+    y_full = blur_same(x, h, boundary) + sigma * border.to(x)
+    y_full[..., top : top + y.shape[-2], left : left + y.shape[-1]] = y
+    return y, y_full
 
 
 @dataclass
@@ -94,10 +115,12 @@ def run_pairs(
 
 
 def save_result(path, result: Algorithm1Result, **extra: np.ndarray) -> None:
-    """Write the final iterates and the trajectory to one compressed .npz (keys: x, h, theta, traj_<name>, and
+    """Write the final iterates, the trajectory and the per-iteration history to one compressed .npz (keys: x, h,
+    theta, traj_<name>, hist_<name>, and
     any extra arrays such as the true image and kernel); the settings go in as a JSON string under 'settings'."""
     arrays = {"x": result.x.float().numpy(), "h": result.h.float().numpy(), "theta": result.theta.float().numpy()}
     arrays.update({f"traj_{k}": v for k, v in result.trajectory.items()})
+    arrays.update({f"hist_{k}": v for k, v in result.history.items()})
     arrays.update({k: np.asarray(v) for k, v in extra.items()})
     arrays["settings"] = np.asarray(json.dumps(result.settings, default=str))
     with atomic_path(path) as tmp:
@@ -120,8 +143,14 @@ def table_rows(result: Algorithm1Result, scores: dict[str, Tensor] | None = None
     rows = []
     for b in range(B):
         row = dict(fixed)
-        g = st.get("gamma_h_used")
-        row["gamma_h_used"] = g[b] if isinstance(g, list) else g
+        for k in ("gamma_h_used", "kernel_steps_clamped"):
+            v = st.get(k)
+            row[k] = v[b] if isinstance(v, list) else v
+        hist = result.history
+        if len(hist.get("step_L", ())):
+            row["final_grad_x_rel"] = float(hist["grad_x_rel"][-1][b])  # was the last x-subproblem solved?
+            row["max_grad_x_rel"] = float(np.nanmax(hist["grad_x_rel"][:, b]))
+            row["max_step_L"] = float(hist["step_L"][:, b].max())  # < 2: every kernel step could decrease
         for k in _FINAL:
             if k in result.trajectory:
                 row[f"final_{k}"] = float(result.trajectory[k][-1][b])
