@@ -224,17 +224,22 @@ COMMANDS.append(_add_deblur)
 def _add_models(sub) -> None:
     p = sub.add_parser("models", help="list the registered priors and the state of their checkpoint files",
                        description="List the registered priors with the state of each file (missing, partial, "
-                       "present, verified, mismatch); --fetch downloads and verifies checkpoints.")
+                       "verified, mismatch, loads (not yet recorded), invalid); --fetch downloads, loads and records "
+                       "checkpoints; --forget removes a recorded hash.")
     p.add_argument("--root", default=None, help="checkpoint directory (default $DIRACTRAP_CHECKPOINTS or data/checkpoints)")
     p.add_argument("--no-verify", action="store_true", help="do not hash present files (faster)")
     p.add_argument("--fetch", nargs="+", metavar="NAME", default=None, help="download and verify these checkpoints")
+    p.add_argument("--forget", nargs="+", metavar="NAME", default=None,
+                   help="remove the recorded sha256 of these checkpoints (e.g. after the source published a new file)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_run_models)
 
 
 def _run_models(args) -> int:
-    from .models import REGISTRY, checkpoint_status, fetch_checkpoint
+    from .models import REGISTRY, checkpoint_status, fetch_checkpoint, forget_checkpoint
 
+    for name in args.forget or ():
+        print(f"{name}: " + ("record removed" if forget_checkpoint(name, root=args.root) else "no record to remove"))
     for name in args.fetch or ():
         path, digest = fetch_checkpoint(name, root=args.root, progress=not args.no_progress)
         print(f"{name}: {path} sha256 {digest}")
