@@ -124,7 +124,10 @@ def test_paper_dag_resolves_offline(repo_factory, capsys):
     ({"sweep": {"chunk": "four"}}, "chunk"),  # a wrong type
     ({"deconv": {"algorithm1": {"n_ext": 2.5}}}, "n_ext"),
     ({"figures": {"fig3": {"models": ["nonexistent"]}}}, "figures.fig3.models[0]"),  # a dangling reference
-])
+    ({"sweeep": 3}, "config key sweeep: unknown key; allowed under (top level): deconv, demo_prior, extras, figures, "
+                    "image_sets, models, paths, sweep"),  # printed the whole schema (666 lines)
+    ({"models": {"demo": {"prior": "demoo"}}}, "models.demo.prior: 'demoo' is neither a registered prior"),  # was a
+])                                                                               # missing input file
 def test_config_errors_name_the_key(repo_factory, tmp_path, overlay, named):
     repo = repo_factory("config")
     bad = tmp_path / "bad.yaml"
@@ -132,6 +135,7 @@ def test_config_errors_name_the_key(repo_factory, tmp_path, overlay, named):
     res = snakemake(repo, "-n", "--configfile", str(bad), check=False)
     assert res.returncode != 0
     assert named in res.stdout, res.stdout[-2000:]
+    assert len(res.stdout.splitlines()) <= 12, res.stdout[-3000:]  # a few lines, never the schema
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -259,21 +259,6 @@ def _key(path) -> str:
     return out or "(top level)"
 
 
-def _subschema(schema: dict, path) -> dict:
-    """The schema node that describes the config value at ``path`` (properties / items / additionalProperties)."""
-    node = schema
-    for p in path:
-        if isinstance(p, int):
-            node = node.get("items", {})
-        elif p in node.get("properties", {}):
-            node = node["properties"][p]
-        elif isinstance(node.get("additionalProperties"), dict):
-            node = node["additionalProperties"]
-        else:
-            return {}
-    return node
-
-
 def config_errors(config: dict, schema: dict, limit: int = 3) -> list[str]:
     """At most ``limit`` one-line messages, one per schema violation: the key, the problem, the allowed keys."""
     import jsonschema
@@ -284,8 +269,7 @@ def config_errors(config: dict, schema: dict, limit: int = 3) -> list[str]:
     for err in errors[:limit]:
         path = list(err.absolute_path)
         if err.validator == "additionalProperties":
-            node = _subschema(schema, path)
-            allowed = sorted(node.get("properties", {}))
+            allowed = sorted(err.schema.get("properties", {}))  # the object's own schema node ($ref resolved)
             extra = sorted(set(err.instance) - set(allowed)) if isinstance(err.instance, dict) else []
             for k in extra:
                 lines.append(f"config key {_key([*path, k])}: unknown key; allowed under {_key(path)}: "
