@@ -176,7 +176,7 @@ def test_demo_network_names_the_multiple_it_needs():
         potential(den, torch.full((1, 1, 32, 32), 0.5), steps=2)
     # y 22 x 22 with K = 11 gives x 32 x 32: accepted; y 23 x 23 (x 33) is refused naming y's sizes
     y = photo(23)[None]
-    with pytest.raises(ValueError, match=r"divisible by 4: crop y to 32/36 - 10 rows"):
+    with pytest.raises(ValueError, match=r"would be 33x33 .* divisible by 4: crop y to 22x22"):
         algorithm1(den, y, "wide", kernel_size=11, params=Algorithm1Params(n_ext=1, n_in=1), progress=False)
     res = algorithm1(den, y[..., :22, :22], "wide", kernel_size=11, params=Algorithm1Params(n_ext=1, n_in=1),
                      progress=False)

@@ -181,9 +181,10 @@ def check_deconv_input(denoiser, y: Tensor, kernel_size, *, sigma: float | None 
         raise ValueError(f"y has {y.shape[1]} channel(s); this prior takes {g.channels}")
     m = g.multiple
     if m > 1 and (H % m or W % m):
-        raise ValueError(f"x = y extended by K - 1 is {H}x{W} (y {h}x{w}, K = {K}); this network needs sides "
-                         f"divisible by {m}: crop y to {_sides(H, m).replace(' or ', '/')} - {K - 1} rows and "
-                         f"{_sides(W, m).replace(' or ', '/')} - {K - 1} columns, or change K")
+        fit = (H - H % m - K + 1, W - W % m - K + 1)  # the largest crop of y whose x has sides divisible by m
+        crop = f"crop y to {fit[0]}x{fit[1]}, or " if min(fit) > K else ""
+        raise ValueError(f"x (y extended by K - 1) would be {H}x{W} (y {h}x{w}, K = {K}); this network needs sides "
+                         f"divisible by {m}: {crop}choose y and K with y + K - 1 divisible by {m}")
 
 
 # ---------------------------------------------------------------------------------------------------------------
