@@ -296,7 +296,7 @@ def blurry(tmp_path):
     (["--gamma-x", "-1"], "--gamma-x must be a number >= 0, got -1.0"),
     (["--gamma-h", "-1"], "--gamma-h must be a number >= 0, got -1.0"),
     (["--kernel-size", "0"], "--kernel-size must be an integer >= 1, got 0"),
-    (["--kernel-size", "999"], "--kernel-size 999 must be smaller than the blurry image (12x12)"),
+    (["--kernel-size", "999"], "--kernel-size K = 999 must be smaller than the blurry image (12x12)"),
     (["--n-ext", "-3"], "--n-ext must be an integer >= 0, got -3"),
     (["--sigma", "abc"], "argument --sigma: invalid float value: 'abc'"),
 ])

@@ -18,8 +18,8 @@ import torch
 from torch import Tensor
 
 __all__ = ["RANGE_TOL", "NOISE_REACH", "check_positive", "check_nonnegative", "check_count", "check_images",
-           "Geometry", "model_geometry", "check_model_input", "check_deconv_input", "nonfinite_message",
-           "prepare_output_dir", "prepare_output_file", "config_errors"]
+           "Geometry", "model_geometry", "check_model_input", "check_kernel_fits", "check_deconv_input",
+           "nonfinite_message", "prepare_output_dir", "prepare_output_file", "config_errors"]
 
 # Images enter the library in [0, 1]. The tolerance admits what the library itself produces (the iterates of a
 # deblurring ring past the edges by a few hundredths to tenths; blurred images stay in [0, 1]) and refuses the
@@ -151,22 +151,29 @@ def check_model_input(denoiser, x: Tensor, name: str = "x") -> None:
                          f"{_sides(H, g.multiple)} rows and {_sides(W, g.multiple)} columns")
 
 
+def check_kernel_fits(kernel_size, h: int, w: int, name: str = "kernel_size") -> int:
+    """K must be an integer >= 1 smaller than the blurry image (h, w): a kernel as large as the observation leaves
+    nothing to deblur (and costs minutes per iteration). Returns K."""
+    check_count(1, **{name: kernel_size})
+    K, h, w = int(kernel_size), int(h), int(w)
+    if K >= min(h, w):
+        raise ValueError(f"{name} K = {K} must be smaller than the blurry image ({h}x{w}): use K < {min(h, w)}")
+    return K
+
+
 def check_deconv_input(denoiser, y: Tensor, kernel_size, *, sigma: float | None = None) -> None:
     """The blurry batch y (B, C, h, w) of Algorithm 1 / the MAP: images (noise included), K, and x's size.
 
-    x is (h + K - 1, w + K - 1) (the valid model): the prior must accept that size. K must be smaller than y (a
-    kernel as large as the observation leaves nothing to deblur and costs minutes per iteration). A constant y (a
-    flat or saturated image) carries no information about the kernel: refused with that reason.
+    x is (h + K - 1, w + K - 1) (the valid model): the prior must accept that size. K must be smaller than y
+    (:func:`check_kernel_fits`). A constant y (a flat or saturated image) carries no information about the kernel:
+    refused with that reason.
     """
     tol = RANGE_TOL + NOISE_REACH * (sigma or 0.0)
     check_images(y, "y", tol=tol)
     if kernel_size is None:
         raise ValueError("kernel_size K is needed when the initial kernel is given by name (the paper uses K = 21)")
-    check_count(1, kernel_size=kernel_size)
-    K = int(kernel_size)
+    K = int(check_kernel_fits(kernel_size, *y.shape[-2:]))
     h, w = (int(s) for s in y.shape[-2:])
-    if K >= min(h, w):
-        raise ValueError(f"kernel_size K = {K} must be smaller than the blurry image ({h}x{w}): use K < {min(h, w)}")
     flat = (y.flatten(2).amax(2) - y.flatten(2).amin(2)).amax(1) == 0  # (B,): every channel constant
     if flat.any():
         which = [int(i) for i in flat.nonzero().flatten()]

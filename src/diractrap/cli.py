@@ -6,6 +6,8 @@ Each sub-command is a pair ``_add_<name>(subparsers)`` / ``_run_<name>(args)``; 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import pickle
 import sys
 from pathlib import Path
 
@@ -56,13 +58,7 @@ class _Parser(argparse.ArgumentParser):
         raise _UsageError(f"{message} (see {self.prog} --help)")
 
 
-def _user_errors() -> tuple:
-    import pickle
-
-    return (ValueError, KeyError, OSError, RuntimeError, EOFError, pickle.UnpicklingError)
-
-
-_USER_ERRORS = _user_errors()
+_USER_ERRORS = (ValueError, KeyError, OSError, RuntimeError, EOFError, pickle.UnpicklingError)  # TypeError etc.: bugs
 
 
 def _one_line(err: BaseException) -> str:
@@ -76,7 +72,8 @@ _NONNEGATIVE = ("gamma_x", "gamma_h", "gamma_h_scale", "p_uniform")
 _COUNTS = {"kernel_size": 1, "steps": 1, "probes": 1, "n_probes": 1, "batch_size": 1, "size": 1, "resolution": 1,
            "reset": 1, "n_in_warmup": 1, "n_in_first": 1, "snapshot_every": 1, "threads": 1, "n_ext": 0, "n_in": 0,
            "label": 0}
-_FILE_OUTPUTS = {"sweep"}  # sub-commands whose --out is a file (the others write into a directory)
+_FILE_OUTPUTS = {"sweep"}  # sub-commands whose --out is a file
+_DIR_OUTPUTS = {"deblur", "demo-data", "train-demo"}  # ... and a directory (others: a file if the name has a suffix)
 
 
 def _check_arguments(args) -> list:
@@ -97,18 +94,14 @@ def _check_arguments(args) -> list:
     from .data import load_image
 
     sizes = [tuple(load_image(f).shape[-2:]) for f in images if not str(f).endswith(".npz")]  # unreadable: one line
-    if "blurry" in given and "kernel_size" in given and given["kernel_size"] >= min(sizes[0]):
-        raise ValueError(f"--kernel-size {given['kernel_size']} must be smaller than the blurry image "
-                         f"({sizes[0][0]}x{sizes[0][1]}): use K < {min(sizes[0])}")
+    if "blurry" in given and "kernel_size" in given:
+        checks.check_kernel_fits(given["kernel_size"], *sizes[0], name="--kernel-size")
     if "out" not in given:
         return []
     out = given["out"]
     if args.command in _FILE_OUTPUTS or (args.command not in _DIR_OUTPUTS and Path(out).suffix):
         return checks.prepare_output_file(out, "--out")
     return checks.prepare_output_dir(out, "--out")
-
-
-_DIR_OUTPUTS = {"deblur", "demo-data", "train-demo"}
 
 
 def _check_model(name: str) -> None:
@@ -121,10 +114,8 @@ def _check_model(name: str) -> None:
 
 def _remove_empty(dirs) -> None:
     for d in dirs:  # deepest first
-        try:
+        with contextlib.suppress(OSError):  # not empty (or gone): leave it
             d.rmdir()
-        except OSError:
-            pass
 
 
 # ---------------------------------------------------------------------------------------------------------------
