@@ -65,7 +65,8 @@ def check_count(minimum: int = 1, **values) -> None:
     for name, value in values.items():
         if value is None:
             continue
-        if isinstance(value, bool) or not isinstance(value, int) and not (isinstance(value, float) and value.is_integer()):
+        integral = isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+        if isinstance(value, bool) or not integral:
             raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
         if int(value) < minimum:
             raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
@@ -183,7 +184,8 @@ def check_deconv_input(denoiser, y: Tensor, kernel_size, *, sigma: float | None 
     H, W = h + K - 1, w + K - 1
     if g.shape is not None and (y.shape[1], H, W) != g.shape:
         raise ValueError(f"x would be {y.shape[1]}x{H}x{W} (y {h}x{w}, K = {K}); this prior is defined on "
-                         f"{'x'.join(map(str, g.shape))} images only: y must be {g.shape[1] - K + 1}x{g.shape[2] - K + 1}")
+                         f"{'x'.join(map(str, g.shape))} images only: y must be "
+                         f"{g.shape[1] - K + 1}x{g.shape[2] - K + 1}")
     if g.channels is not None and y.shape[1] != g.channels:
         raise ValueError(f"y has {y.shape[1]} channel(s); this prior takes {g.channels}")
     m = g.multiple
@@ -272,7 +274,8 @@ def config_errors(config: dict, schema: dict, limit: int = 3) -> list[str]:
     import jsonschema
 
     cls = jsonschema.validators.validator_for(schema)
-    errors = sorted(cls(schema).iter_errors(config), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
+    errors = sorted(cls(schema).iter_errors(config),
+                    key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))  # top-level first
     lines = []
     for err in errors[:limit]:
         path = list(err.absolute_path)

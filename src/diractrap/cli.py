@@ -108,8 +108,8 @@ def _check_model(name: str) -> None:
     from .models import REGISTRY
 
     if name not in REGISTRY and not Path(name).is_file():
-        raise ValueError(f"unknown model {name!r} (--model): neither a registered prior ({', '.join(sorted(REGISTRY))}) "
-                         "nor an existing checkpoint file")
+        raise ValueError(f"unknown model {name!r} (--model): neither a registered prior "
+                         f"({', '.join(sorted(REGISTRY))}) nor an existing checkpoint file")
 
 
 def _remove_empty(dirs) -> None:

@@ -59,7 +59,8 @@ def load_image(path, *, size: int | None = None, mode: str = "RGB") -> Tensor:
         reason = " ".join(str(err).split()) or type(err).__name__
         raise ValueError(f"{path} is not a readable image ({reason}): give a PNG or JPEG file") from None
     if not np.isfinite(a).all() or a.min() < 0 or a.max() > 1:
-        raise ValueError(f"{path} has values in [{np.nanmin(a):.4g}, {np.nanmax(a):.4g}]; float images must lie in [0, 1]")
+        raise ValueError(f"{path} has values in [{np.nanmin(a):.4g}, {np.nanmax(a):.4g}]; float images must lie in "
+                         "[0, 1]")
     a = a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
     return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
 

@@ -139,9 +139,9 @@ def _fetch(name: str, *, root, download: bool, sha256: str | None, progress: boo
     else:
         digest = sha256sum(path)
         if (expected and digest != expected) or (size and path.stat().st_size != size):
-            raise ChecksumError(f"{path.absolute()} has sha256 {digest}, not {expected} ({where}): the file is damaged or "
-                                f"another checkpoint; delete it to download it again, or forget the record with "
-                                f"`diractrap models --forget {name}` if the source changed")
+            raise ChecksumError(f"{path.absolute()} has sha256 {digest}, not {expected} ({where}): the file is "
+                                "damaged or another checkpoint; delete it to download it again, or forget the record "
+                                f"with `diractrap models --forget {name}` if the source changed")
         origin = "placed by hand"
     if expected:  # verified against a pin or a record made when a file of this name last loaded
         return path, digest, None
