@@ -57,6 +57,23 @@ ALPHA = RNG.integers(0, 256, (6, 5), dtype=np.uint8)
 CMYK = RNG.integers(0, 256, (6, 5, 4), dtype=np.uint8)
 
 
+def _png_rgb16(a: np.ndarray) -> bytes:
+    """A 16-bit RGB PNG written by hand (PIL cannot write one): signature, IHDR (depth 16, colour type 2), IDAT."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    h, w, _ = a.shape
+    raw = b"".join(b"\0" + a[i].astype(">u2").tobytes() for i in range(h))  # filter type 0 per row
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+RGB16 = RNG.integers(0, 65536, (6, 5, 3), dtype=np.uint16)
+
+
 def _files():
     """(name, writer(path) -> path, expected (3, H, W) in [0, 1], tolerance) for each mode."""
     grey = np.stack([GREY8 / 255] * 3)
@@ -71,6 +88,8 @@ def _files():
         ("palette", lambda p: palette.save(p), pal_rgb, 1e-7),
         ("LA", lambda p: Image.fromarray(np.stack([GREY8, ALPHA], -1), "LA").save(p), grey, 1e-7),
         ("RGB", lambda p: Image.fromarray(RGB8).save(p), RGB8.transpose(2, 0, 1) / 255, 1e-7),
+        # PIL opens 16-bit RGB as 8-bit RGB (the high byte of each sample): right to 1/255
+        ("RGB 16-bit", lambda p: p.write_bytes(_png_rgb16(RGB16)), RGB16.transpose(2, 0, 1) / 65535, 1.0 / 255),
         ("RGBA", lambda p: Image.fromarray(np.dstack([RGB8, ALPHA]), "RGBA").save(p), RGB8.transpose(2, 0, 1) / 255,
          1e-7),
         ("CMYK", lambda p: Image.frombytes("CMYK", (5, 6), CMYK.tobytes()).save(p.with_suffix(".tif")), cmyk_rgb,
