@@ -218,7 +218,7 @@ def _add_models(sub) -> None:
                        "verified, mismatch, loads (not yet recorded), invalid); --fetch downloads, loads and records "
                        "checkpoints; --forget removes a recorded hash.")
     p.add_argument("--root", default=None, help="checkpoint directory (default $DIRACTRAP_CHECKPOINTS or data/checkpoints)")
-    p.add_argument("--no-verify", action="store_true", help="do not hash present files (faster)")
+    p.add_argument("--no-verify", action="store_true", help="do not hash present files, nor load those with no recorded hash (faster)")
     p.add_argument("--fetch", nargs="+", metavar="NAME", default=None, help="download and verify these checkpoints")
     p.add_argument("--forget", nargs="+", metavar="NAME", default=None,
                    help="remove the recorded sha256 of these checkpoints (e.g. after the source published a new file)")
