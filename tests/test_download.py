@@ -3,6 +3,7 @@
 import hashlib
 import socket
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -220,3 +221,31 @@ def test_google_drive_goes_through_gdown(monkeypatch, tmp_path):
     with pytest.raises(DownloadError, match=r"drive\.google\.com/uc\?id=OTHER .*place the file by hand"):
         download("gdrive:OTHER", tmp_path / "other.pth", progress=False)
     assert not (tmp_path / "other.pth").exists()
+
+
+def _bump(path, n):
+    from diractrap.models.download import _exclusive
+
+    for _ in range(n):
+        with _exclusive(path.with_name(".counter.flock")):
+            value = int(path.read_text())
+            time.sleep(0.0005)  # widen the window a lost update would need
+            path.write_text(str(value + 1))
+
+
+def test_lock_files_are_removed_and_still_exclude(tmp_path):
+    """Failed fetches left empty .flock files; removing them on release must not break mutual exclusion (a waiter
+    that locked a removed file retries on the new one): 4 processes x 40 read-increment-write give exactly 160."""
+    import multiprocessing
+
+    counter = tmp_path / "counter"
+    counter.write_text("0")
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_bump, args=(counter, 40)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0] * 4
+    assert int(counter.read_text()) == 160
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["counter"]

@@ -1,7 +1,9 @@
 """The registry of the paper's checkpoints, the sha256 lock file, get_denoiser by name, and `diractrap models`."""
 
 import hashlib
+import io
 import json
+import os
 
 import pytest
 import torch
@@ -49,6 +51,7 @@ def test_checkpoint_directory(monkeypatch, tmp_path):
 
 @pytest.fixture
 def served(monkeypatch):
+    """A registered model whose file is opaque bytes: enough for pinned hashes (no load is needed to trust them)."""
     with LocalServer({"/blob.bin": PAYLOAD}) as srv:
         spec = ModelSpec(name="test-blob", description="test", data_range=(0.0, 1.0), resolution=16,
                          urls=(srv.url + "/blob.bin",), filename="blob.bin", architecture="none")
@@ -56,27 +59,62 @@ def served(monkeypatch):
         yield srv, spec
 
 
-def test_first_download_records_the_hash_and_later_uses_verify(served, tmp_path):
-    srv, spec = served
-    assert checkpoint_status("test-blob", root=tmp_path)["state"] == "missing"
-    with pytest.raises(FileNotFoundError, match=f"place it at {tmp_path / 'blob.bin'}"):
-        fetch_checkpoint("test-blob", root=tmp_path, download=False)
-    path, digest = fetch_checkpoint("test-blob", root=tmp_path, progress=False)
-    assert (path, digest) == (tmp_path / "blob.bin", DIGEST)
+TINY = {"nf": 8, "ch_mult": [1, 2], "image_size": 8, "attn_resolutions": [], "num_res_blocks": 1}  # NCSN++
+
+
+def tiny_checkpoint(seed=0) -> bytes:
+    """A real (random-weight) NCSN++ state dict as torch.save writes it: a file that loads as the architecture."""
+    from diractrap.models.ncsnpp import build_ncsnpp
+
+    torch.manual_seed(seed)
+    buf = io.BytesIO()
+    torch.save(build_ncsnpp(TINY).state_dict(), buf)
+    return buf.getvalue()
+
+
+@pytest.fixture
+def served_net(monkeypatch):
+    """A registered NCSN++ served on 127.0.0.1: /tiny.pth loads; /garbage.pth is 1000 random bytes."""
+    data = tiny_checkpoint()
+    files = {"/tiny.pth": data, "/garbage.pth": bytes(range(256)) * 3 + bytes(232)}
+    with LocalServer(files) as srv:
+        spec = ModelSpec(name="test-net", description="test", data_range=(0.0, 1.0), resolution=8,
+                         urls=(srv.url + "/tiny.pth",), filename="tiny.pth", architecture="ncsnpp",
+                         options={"weights": "model", "config": TINY})
+        monkeypatch.setitem(REGISTRY, spec.name, spec)
+        yield srv, spec, data
+
+
+def _serve_garbage(spec, srv, monkeypatch):
+    bad = ModelSpec(**{**spec.__dict__, "urls": (srv.url + "/garbage.pth",)})
+    monkeypatch.setitem(REGISTRY, spec.name, bad)
+
+
+def test_first_download_records_the_hash_once_it_loads_and_later_uses_verify(served_net, tmp_path):
+    srv, spec, data = served_net
+    digest = hashlib.sha256(data).hexdigest()
+    assert checkpoint_status("test-net", root=tmp_path)["state"] == "missing"
+    with pytest.raises(FileNotFoundError, match=f"place it at {tmp_path / 'tiny.pth'}"):
+        fetch_checkpoint("test-net", root=tmp_path, download=False)
+    path, got = fetch_checkpoint("test-net", root=tmp_path, progress=False)
+    assert (path, got) == (tmp_path / "tiny.pth", digest)
     lock = json.loads((tmp_path / LOCK_NAME).read_text())
-    assert lock["blob.bin"]["sha256"] == DIGEST and lock["blob.bin"]["size"] == len(PAYLOAD)
-    assert checkpoint_status("test-blob", root=tmp_path)["state"] == "verified"
-    assert checkpoint_status("test-blob", root=tmp_path, verify=False)["state"] == "present (not checked)"
+    assert lock["tiny.pth"]["sha256"] == digest and lock["tiny.pth"]["size"] == len(data)
+    assert lock["tiny.pth"]["origin"] == "download"
+    assert checkpoint_status("test-net", root=tmp_path)["state"] == "verified"
+    assert checkpoint_status("test-net", root=tmp_path, verify=False)["state"] == "present (not checked)"
     # a later use verifies against the record: a damaged file is refused, not re-recorded
-    path.write_bytes(PAYLOAD[:-1] + b"\0")
-    assert checkpoint_status("test-blob", root=tmp_path)["state"] == "mismatch"
+    path.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    assert checkpoint_status("test-net", root=tmp_path)["state"] == "mismatch"
     with pytest.raises(ChecksumError, match=f"recorded in {tmp_path / LOCK_NAME}"):
-        fetch_checkpoint("test-blob", root=tmp_path, progress=False)
-    assert json.loads((tmp_path / LOCK_NAME).read_text())["blob.bin"]["sha256"] == DIGEST
+        fetch_checkpoint("test-net", root=tmp_path, progress=False)
+    assert json.loads((tmp_path / LOCK_NAME).read_text())["tiny.pth"]["sha256"] == digest
     # deleting it downloads it again; the record holds
     path.unlink()
-    assert fetch_checkpoint("test-blob", root=tmp_path, progress=False)[1] == DIGEST
+    assert checkpoint_status("test-net", root=tmp_path)["state"] == "missing (hash recorded)"
+    assert fetch_checkpoint("test-net", root=tmp_path, progress=False)[1] == digest
     assert len(srv.requests) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == [LOCK_NAME, "tiny.pth"]  # no .flock, no .part
 
 
 def test_pinned_hash_wins_and_a_wrong_download_is_removed(served, tmp_path):
@@ -86,14 +124,58 @@ def test_pinned_hash_wins_and_a_wrong_download_is_removed(served, tmp_path):
     assert not (tmp_path / "blob.bin").exists() and not (tmp_path / LOCK_NAME).exists()
     assert checkpoint_status("test-blob", root=tmp_path)["state"] == "missing"
     assert fetch_checkpoint("test-blob", root=tmp_path, sha256=DIGEST.upper(), progress=False)[1] == DIGEST
+    assert not (tmp_path / LOCK_NAME).exists()  # a pinned hash needs no record
 
 
-def test_file_placed_by_hand_is_accepted_and_recorded(served, tmp_path):
-    srv, spec = served
-    (tmp_path / "blob.bin").write_bytes(PAYLOAD)
-    assert checkpoint_status("test-blob", root=tmp_path)["state"] == "present (no recorded hash)"
-    assert fetch_checkpoint("test-blob", root=tmp_path)[1] == DIGEST
-    assert srv.requests == [] and checkpoint_status("test-blob", root=tmp_path)["state"] == "verified"
+def test_file_placed_by_hand_is_recorded_as_such_once_it_loads(served_net, tmp_path):
+    srv, spec, data = served_net
+    (tmp_path / "tiny.pth").write_bytes(data)
+    assert checkpoint_status("test-net", root=tmp_path)["state"] == "loads (not yet recorded)"
+    assert not (tmp_path / LOCK_NAME).exists()  # looking is not trusting
+    den = get_denoiser("test-net", root=tmp_path)
+    assert den.info["sha256"] == hashlib.sha256(data).hexdigest() and den.info["architecture"] == "ncsnpp"
+    assert json.loads((tmp_path / LOCK_NAME).read_text())["tiny.pth"]["origin"] == "placed by hand"
+    assert srv.requests == [] and checkpoint_status("test-net", root=tmp_path)["state"] == "verified"
+
+
+@pytest.mark.parametrize("how", ["downloaded", "placed by hand"])
+def test_a_file_that_does_not_load_is_never_recorded(served_net, tmp_path, monkeypatch, capsys, how):
+    """The hash of any file at the path was recorded before loading, also when the loader refused it; the right
+    file placed afterwards was then refused as a mismatch."""
+    srv, spec, data = served_net
+    if how == "downloaded":
+        _serve_garbage(spec, srv, monkeypatch)
+    else:
+        (tmp_path / "tiny.pth").write_bytes(os.urandom(1000))
+        assert checkpoint_status("test-net", root=tmp_path)["state"].startswith("invalid (")
+    with pytest.raises(ChecksumError, match="does not load as ncsnpp"):
+        get_denoiser("test-net", root=tmp_path, progress=False)
+    assert not (tmp_path / LOCK_NAME).exists()
+    assert (tmp_path / "tiny.pth").exists() == (how == "placed by hand")  # a bad download is removed, a user's file not
+    assert not [p for p in tmp_path.iterdir() if p.name != "tiny.pth"]  # no .flock, no .part, no lock
+    # the right file, placed afterwards, is accepted
+    (tmp_path / "tiny.pth").write_bytes(data)
+    assert get_denoiser("test-net", root=tmp_path).info["sha256"] == hashlib.sha256(data).hexdigest()
+    monkeypatch.setitem(REGISTRY, spec.name, spec)
+    assert cli.main(["models", "--root", str(tmp_path)]) == 0
+    assert " verified " in [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("test-net ")][0]
+
+
+def test_cli_models_shows_invalid_files_and_forgets_records(served_net, tmp_path, capsys):
+    srv, spec, data = served_net
+    (tmp_path / "tiny.pth").write_bytes(os.urandom(1000))  # showed as "present (no recorded hash)"
+    assert cli.main(["models", "--root", str(tmp_path)]) == 0
+    line = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("test-net ")][0]
+    assert " invalid (" in line
+    (tmp_path / "tiny.pth").unlink()
+    fetch_checkpoint("test-net", root=tmp_path, progress=False)
+    (tmp_path / "tiny.pth").unlink()  # deleting the file keeps the record ...
+    assert "tiny.pth" in json.loads((tmp_path / LOCK_NAME).read_text())
+    assert cli.main(["models", "--root", str(tmp_path), "--forget", "test-net"]) == 0  # ... forgetting removes it
+    out = capsys.readouterr().out
+    assert "test-net: record removed" in out and not (tmp_path / LOCK_NAME).exists()
+    assert " missing " in [ln for ln in out.splitlines() if ln.startswith("test-net ")][0]
+    assert not list(tmp_path.iterdir())
 
 
 def test_partial_download_state(served, tmp_path):
@@ -106,27 +188,53 @@ def test_partial_download_state(served, tmp_path):
         fetch_checkpoint("test-blob", root=tmp_path, download=False)
 
 
-def test_cli_models_lists_states(served, tmp_path, capsys):
-    srv, spec = served
+def test_cli_models_lists_states(served_net, tmp_path, capsys):
+    srv, spec, data = served_net
     assert cli.main(["models", "--root", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     lines = {line.split()[0]: line for line in out.splitlines()[1:]}
     assert set(REGISTRY) <= set(lines)
-    assert " missing " in lines["ffhq256"] and " missing " in lines["test-blob"]
+    assert " missing " in lines["ffhq256"] and " missing " in lines["test-net"]
     assert " embedded " in lines["gaussian-demo"]
-    assert cli.main(["models", "--root", str(tmp_path), "--fetch", "test-blob", "--no-progress"]) == 0
+    assert cli.main(["models", "--root", str(tmp_path), "--fetch", "test-net", "--no-progress"]) == 0
     out = capsys.readouterr().out
-    assert f"test-blob: {tmp_path / 'blob.bin'} sha256 {DIGEST}" in out
-    assert " verified " in [line for line in out.splitlines() if line.startswith("test-blob ")][0]
+    assert f"test-net: {tmp_path / 'tiny.pth'} sha256 {hashlib.sha256(data).hexdigest()}" in out
+    assert " verified " in [line for line in out.splitlines() if line.startswith("test-net ")][0]
 
 
-def test_cli_models_offline_error_is_one_line(tmp_path, capsys, monkeypatch):
+def test_cli_models_offline_error_is_one_line_and_leaves_nothing(tmp_path, capsys, monkeypatch):
     spec = ModelSpec(name="test-offline", description="", data_range=(0.0, 1.0), resolution=16,
                      urls=("http://127.0.0.1:9/x.pkl",), filename="x.pkl")  # port 9 (discard): nobody listens
     monkeypatch.setitem(REGISTRY, spec.name, spec)
-    assert cli.main(["models", "--root", str(tmp_path), "--fetch", "test-offline", "--no-progress"]) == 1
+    root = tmp_path / "checkpoints"
+    assert cli.main(["models", "--root", str(root), "--fetch", "test-offline", "--no-progress"]) == 1
     err = capsys.readouterr().err.strip()
-    assert "\n" not in err and "http://127.0.0.1:9/x.pkl" in err and str(tmp_path / "x.pkl") in err
+    assert "\n" not in err and "http://127.0.0.1:9/x.pkl" in err and str(root / "x.pkl") in err
+    assert not root.exists()  # failed fetches left empty .flock files (and the directory) behind
+
+
+def test_loader_refusal_never_advises_an_unsafe_retry(tmp_path, capsys):
+    """torch's message says to retry with weights_only=False: advice this project must never give."""
+    from diractrap.models import load_denoiser
+
+    class CarriesCode:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    path = tmp_path / "evil.pth"
+    torch.save({"model": CarriesCode()}, path)
+    with pytest.raises(ValueError, match="not a plain-tensor PyTorch checkpoint and was not loaded") as err:
+        load_denoiser(path)
+    assert "weights_only" not in str(err.value) and "system" in str(err.value)
+    assert cli.main(["potential", str(_image(tmp_path)), "--model", str(path), "--no-progress"]) == 1
+    out = capsys.readouterr().err
+    assert out.count("\n") == 1 and "weights_only" not in out and "Traceback" not in out
+
+
+def _image(tmp_path):
+    from diractrap.data import save_image
+
+    return save_image(torch.full((3, 8, 8), 0.5), tmp_path / "grey.png")
 
 
 # ---------------------------------------------------------------------------------------------------------------

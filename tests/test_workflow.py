@@ -46,10 +46,25 @@ def environment(repo: Path, **extra) -> dict:
     return env
 
 
+def default_signals() -> None:
+    """In a child before exec: SIGINT, SIGTERM and SIGHUP back to their default dispositions.
+
+    A background job of a non-interactive shell (``nohup make test &``, a scheduler) starts with SIGINT ignored, and
+    an ignored disposition survives exec: snakemake would never see the Ctrl-C a test sends it.
+    """
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
+
+
+def spawn(args, **kwargs) -> subprocess.Popen:
+    """Popen in a new process group with default signal dispositions, however the test session was started."""
+    return subprocess.Popen(args, start_new_session=True, preexec_fn=default_signals, **kwargs)
+
+
 def snakemake(repo: Path, *args, timeout=120, env=None, check=True) -> subprocess.CompletedProcess:
     """Run snakemake in ``repo`` in its own process group; on timeout the whole group is killed (jobs included)."""
-    p = subprocess.Popen([sys.executable, "-m", "snakemake", *args], cwd=repo, env=env or environment(repo),
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    p = spawn([sys.executable, "-m", "snakemake", *args], cwd=repo, env=env or environment(repo),
+              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         out, _ = p.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -112,7 +127,10 @@ def test_paper_dag_resolves_offline(repo_factory, capsys):
     ({"deconv": {"algorithm1": {"authors-demo": {"gamma_h_scale": 3}}}}, "gamma_h_scale"),  # above 2 / L_h
     ({"deconv": {"runs": ["authors-demo", "nonexistent"]}}, "deconv.runs[1]"),
     ({"figures": {"fig3": {"models": ["nonexistent"]}}}, "figures.fig3.models[0]"),  # a dangling reference
-])
+    ({"sweeep": 3}, "config key sweeep: unknown key; allowed under (top level): deconv, demo_prior, extras, figures, "
+                    "image_sets, models, paths, sweep"),  # printed the whole schema (666 lines)
+    ({"models": {"demo": {"prior": "demoo"}}}, "models.demo.prior: 'demoo' is neither a registered prior"),  # was a
+])                                                                               # missing input file
 def test_config_errors_name_the_key(repo_factory, tmp_path, overlay, named):
     repo = repo_factory("config")
     bad = tmp_path / "bad.yaml"
@@ -120,6 +138,7 @@ def test_config_errors_name_the_key(repo_factory, tmp_path, overlay, named):
     res = snakemake(repo, "-n", "--configfile", str(bad), check=False)
     assert res.returncode != 0
     assert named in res.stdout, res.stdout[-2000:]
+    assert len(res.stdout.splitlines()) <= 12, res.stdout[-3000:]  # a few lines, never the schema
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -196,9 +215,8 @@ def reduced_reference(repo_factory):
 
 def _interrupt_during_a_sweep_job(repo: Path, sig) -> None:
     """Start the reduced run and send ``sig`` to its process group while a sweep job is running."""
-    p = subprocess.Popen([sys.executable, "-m", "snakemake", REDUCED_TARGET, "--cores", "1", "--configfile",
-                          "reduced.yaml"], cwd=repo, env=environment(repo), stdout=subprocess.DEVNULL,
-                         stderr=subprocess.DEVNULL, start_new_session=True)
+    p = spawn([sys.executable, "-m", "snakemake", REDUCED_TARGET, "--cores", "1", "--configfile", "reduced.yaml"],
+              cwd=repo, env=environment(repo), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     logs, deadline = repo / "results/logs/sweep/demo", time.monotonic() + 300
     try:
         while time.monotonic() < deadline:  # a job is running: its log exists, its table does not
@@ -219,6 +237,25 @@ def _interrupt_during_a_sweep_job(repo: Path, sig) -> None:
             p.wait()
     for table in (repo / "results/potential").rglob("*.parquet"):  # whatever exists is complete
         pd.read_parquet(table)
+
+
+def test_ctrl_c_reaches_a_child_even_when_the_session_ignores_it():
+    """`nohup pytest &` starts with SIGINT ignored; the children that tests interrupt must still receive it."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # as a background job of a non-interactive shell
+    try:
+        p = spawn([sys.executable, "-c", "import time; print('ready', flush=True); time.sleep(60)"],
+                  stdout=subprocess.PIPE, text=True)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    try:
+        assert p.stdout.readline().strip() == "ready"  # Python has installed its SIGINT handler by now
+        os.killpg(p.pid, signal.SIGINT)
+        rc = p.wait(timeout=20)  # an ignored SIGINT would leave it sleeping for 60 s
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+    assert rc != 0  # KeyboardInterrupt: status 1 (or -SIGINT), never a clean exit
 
 
 @pytest.mark.slow  # three partial runs of the reduced demo (~1-2 minutes)

@@ -6,7 +6,10 @@ Each sub-command is a pair ``_add_<name>(subparsers)`` / ``_run_<name>(args)``; 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import pickle
 import sys
+from pathlib import Path
 
 __all__ = ["main"]
 
@@ -15,16 +18,104 @@ COMMANDS: list = []  # functions that add one sub-command each (filled below)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="diractrap", description=__doc__.splitlines()[0])
+    """Run one sub-command. A user error (a bad value, an unreadable file, a refused checkpoint, an unwritable
+    output) is printed as one line ``diractrap <command>: error: ...`` and gives exit status 1, before any work where
+    it can be known before; ``--debug`` (anywhere on the line) shows the traceback instead."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
+    parser = _Parser(prog="diractrap", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error (also after the command)")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in COMMANDS:
         add(sub)
-    args = parser.parse_args(argv)
+    command = next((a for a in argv if not a.startswith("-")), "")
+    created: list = []
     try:
+        args = parser.parse_args(argv)
+        command = args.command
+        created = _check_arguments(args)  # numbers, inputs and the output path, before any computation
         return int(args.func(args) or 0)
-    except (FileNotFoundError, KeyError, ValueError, RuntimeError) as err:  # user errors: one line, no traceback
-        print(f"diractrap {args.command}: error: {err}", file=sys.stderr)
+    except _USER_ERRORS as err:
+        _remove_empty(created)  # a failed command leaves no new directory behind
+        if debug:
+            raise
+        print(f"diractrap{' ' + command if command else ''}: error: {_one_line(err)}", file=sys.stderr)
         return 1
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# User errors: argparse's own (unknown option, bad type) as exceptions; the checks every sub-command shares
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class _UsageError(ValueError):
+    """argparse found an unknown option, a missing argument or a value of the wrong type."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse would print the usage and exit with 2; we want one line and status 1
+        raise _UsageError(f"{message} (see {self.prog} --help)")
+
+
+_USER_ERRORS = (ValueError, KeyError, OSError, RuntimeError, EOFError, pickle.UnpicklingError)  # TypeError etc.: bugs
+
+
+def _one_line(err: BaseException) -> str:
+    text = err.args[0] if isinstance(err, KeyError) and err.args else str(err)  # KeyError's str() adds quotes
+    return " ".join(str(text).split()) or type(err).__name__
+
+
+# option name -> the rule its value must follow (options a sub-command does not have are skipped)
+_POSITIVE = ("sigma", "sigma_g", "rtol", "atol", "lr")
+_NONNEGATIVE = ("gamma_x", "gamma_h", "gamma_h_scale", "p_uniform")
+_COUNTS = {"kernel_size": 1, "steps": 1, "probes": 1, "n_probes": 1, "batch_size": 1, "size": 1, "resolution": 1,
+           "reset": 1, "n_in_warmup": 1, "n_in_first": 1, "snapshot_every": 1, "threads": 1, "n_ext": 0, "n_in": 0,
+           "label": 0}
+_FILE_OUTPUTS = {"sweep"}  # sub-commands whose --out is a file
+_DIR_OUTPUTS = {"deblur", "demo-data", "train-demo"}  # ... and a directory (others: a file if the name has a suffix)
+
+
+def _check_arguments(args) -> list:
+    """Check the parsed options shared by sub-commands; create the output directory. Returns the directories made."""
+    from . import checks
+
+    given = {k.removeprefix("param_"): v for k, v in vars(args).items() if v is not None}  # deblur: param_<field>
+    checks.check_positive(**{f"--{k.replace('_', '-')}": given[k] for k in _POSITIVE if k in given})
+    checks.check_nonnegative(**{f"--{k.replace('_', '-')}": given[k] for k in _NONNEGATIVE if k in given})
+    for k, low in _COUNTS.items():
+        if k in given:
+            checks.check_count(low, **{f"--{k.replace('_', '-')}": given[k]})
+    for theta in given.get("thetas", ()):
+        checks.check_nonnegative(**{"--thetas": theta})
+    if "model" in given:
+        _check_model(given["model"])
+    images = [given["blurry"]] if "blurry" in given else list(given.get("images", ()))
+    from .data import load_image
+
+    sizes = [tuple(load_image(f).shape[-2:]) for f in images if not str(f).endswith(".npz")]  # unreadable: one line
+    if "blurry" in given and "kernel_size" in given:
+        checks.check_kernel_fits(given["kernel_size"], *sizes[0], name="--kernel-size")
+    if "out" not in given:
+        return []
+    out = given["out"]
+    if args.command in _FILE_OUTPUTS or (args.command not in _DIR_OUTPUTS and Path(out).suffix):
+        return checks.prepare_output_file(out, "--out")
+    return checks.prepare_output_dir(out, "--out")
+
+
+def _check_model(name: str) -> None:
+    from .models import REGISTRY
+
+    if name not in REGISTRY and not Path(name).is_file():
+        raise ValueError(f"unknown model {name!r} (--model): neither a registered prior "
+                         f"({', '.join(sorted(REGISTRY))}) nor an existing checkpoint file")
+
+
+def _remove_empty(dirs) -> None:
+    for d in dirs:  # deepest first
+        with contextlib.suppress(OSError):  # not empty (or gone): leave it
+            d.rmdir()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -154,17 +245,22 @@ COMMANDS.append(_add_deblur)
 def _add_models(sub) -> None:
     p = sub.add_parser("models", help="list the registered priors and the state of their checkpoint files",
                        description="List the registered priors with the state of each file (missing, partial, "
-                       "present, verified, mismatch); --fetch downloads and verifies checkpoints.")
+                       "verified, mismatch, loads (not yet recorded), invalid); --fetch downloads, loads and records "
+                       "checkpoints; --forget removes a recorded hash.")
     p.add_argument("--root", default=None, help="checkpoint directory (default $DIRACTRAP_CHECKPOINTS or data/checkpoints)")
-    p.add_argument("--no-verify", action="store_true", help="do not hash present files (faster)")
+    p.add_argument("--no-verify", action="store_true", help="do not hash present files, nor load those with no recorded hash (faster)")
     p.add_argument("--fetch", nargs="+", metavar="NAME", default=None, help="download and verify these checkpoints")
+    p.add_argument("--forget", nargs="+", metavar="NAME", default=None,
+                   help="remove the recorded sha256 of these checkpoints (e.g. after the source published a new file)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_run_models)
 
 
 def _run_models(args) -> int:
-    from .models import REGISTRY, checkpoint_status, fetch_checkpoint
+    from .models import REGISTRY, checkpoint_status, fetch_checkpoint, forget_checkpoint
 
+    for name in args.forget or ():
+        print(f"{name}: " + ("record removed" if forget_checkpoint(name, root=args.root) else "no record to remove"))
     for name in args.fetch or ():
         path, digest = fetch_checkpoint(name, root=args.root, progress=not args.no_progress)
         print(f"{name}: {path} sha256 {digest}")

@@ -40,24 +40,59 @@ __all__ = [
 def load_image(path, *, size: int | None = None, mode: str = "RGB") -> Tensor:
     """Read an image file as a float32 tensor (C, H, W) in [0, 1].
 
-    ``mode`` is a PIL mode ("RGB" by default: RGBA is composited on nothing, i.e. the alpha channel is dropped;
-    "L" gives one channel). ``size`` resizes the shorter side to ``size`` and centre-crops a square (LANCZOS).
+    ``mode`` is "RGB" (default, 3 channels) or "L" (one channel). Every PIL mode is read at its own depth: 8-bit
+    grey, palette, LA, RGB(A) and CMYK through PIL's conversion (the alpha channel is dropped, CMYK converted by
+    PIL's formula), 16-bit grey (I;16*, and "I" as PIL opens 16-bit PNGs) divided by 65535, float images ("F")
+    taken as they are (checked to lie in [0, 1]). ``size`` resizes the shorter side to ``size`` and centre-crops a
+    square (LANCZOS). An unreadable, empty or truncated file raises a one-line ValueError naming it.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no image file at {path}")
-    with Image.open(path) as im:
-        im = im.convert(mode)
-        if size is not None:
-            w, h = im.size
-            s = size / min(w, h)
-            im = im.resize((max(size, round(w * s)), max(size, round(h * s))), Image.LANCZOS)
-            w, h = im.size
-            left, top = (w - size) // 2, (h - size) // 2
-            im = im.crop((left, top, left + size, top + size))
-        a = np.asarray(im, dtype=np.float32) / 255.0
+    if mode not in ("RGB", "L"):
+        raise ValueError(f"mode must be 'RGB' or 'L', got {mode!r}")
+    try:
+        with Image.open(path) as im:
+            im.load()  # decode now: a truncated file fails here, not later
+            a = _unit_array(im, mode, size)
+    except (OSError, SyntaxError, Image.DecompressionBombError) as err:  # PIL's errors for unreadable data
+        reason = " ".join(str(err).split()) or type(err).__name__
+        raise ValueError(f"{path} is not a readable image ({reason}): give a PNG or JPEG file") from None
+    if not np.isfinite(a).all() or a.min() < 0 or a.max() > 1:
+        raise ValueError(f"{path} has values in [{np.nanmin(a):.4g}, {np.nanmax(a):.4g}]; float images must lie in "
+                         "[0, 1]")
     a = a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
-    return torch.from_numpy(np.ascontiguousarray(a))
+    return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
+
+
+_HIGH_DEPTH = {"I;16": 65535.0, "I;16L": 65535.0, "I;16B": 65535.0, "I;16N": 65535.0, "I": 65535.0, "F": 1.0}
+
+
+def _unit_array(im: Image.Image, mode: str, size: int | None) -> np.ndarray:
+    """(H, W) or (H, W, 3) float array in [0, 1]: 8-bit modes through PIL's conversion, high-depth ones by scale."""
+    if im.mode not in _HIGH_DEPTH:
+        im = _square(im.convert(mode), size)
+        return np.asarray(im, dtype=np.float32) / 255.0
+    a = np.asarray(im, dtype=np.float64)
+    if im.mode == "I" and (a.min() < 0 or a.max() > 65535):  # a 32-bit integer image, not a 16-bit PNG
+        raise OSError(f"32-bit integer pixels in [{a.min():.0f}, {a.max():.0f}] have no known scale")
+    a = (a / _HIGH_DEPTH[im.mode]).astype(np.float32)
+    a = np.asarray(_square(Image.fromarray(a, mode="F"), size), dtype=np.float32)  # resized in float, never 8 bits
+    if size is not None:
+        a = a.clip(0.0, 1.0)  # LANCZOS overshoots at edges; the 8-bit path clips the same way
+    return np.stack([a] * 3, -1) if mode == "RGB" else a
+
+
+def _square(im: Image.Image, size: int | None) -> Image.Image:
+    """Resize the shorter side to ``size`` and centre-crop a square (LANCZOS); unchanged for size None."""
+    if size is None:
+        return im
+    w, h = im.size
+    s = size / min(w, h)
+    im = im.resize((max(size, round(w * s)), max(size, round(h * s))), Image.LANCZOS)
+    w, h = im.size
+    left, top = (w - size) // 2, (h - size) // 2
+    return im.crop((left, top, left + size, top + size))
 
 
 def save_image(x: Tensor, path) -> Path:

@@ -42,6 +42,7 @@ from torch import Tensor
 
 from . import __version__
 from .blur import conv, conv_adjoint, conv_adjoint_kernel
+from .checks import check_deconv_input, check_nonnegative, check_positive, nonfinite_message
 from .kernels import dirac, project_simplex, second_moment, small, wide
 from .priors import check_denoiser, denoise_unit, score_unit
 
@@ -63,18 +64,6 @@ __all__ = [
     "map_x",
     "initial_kernels",
     "algorithm1",
-    "make_problem",
-    "run_pairs",
-    "PairsRun",
-    "psnr",
-    "ssim",
-    "metrics",
-    "semigroup_path",
-    "statement1",
-    "Statement1Result",
-    "save_result",
-    "table_rows",
-    "summary",
 ]
 
 
@@ -84,9 +73,7 @@ class NonFiniteError(RuntimeError):
 
 def _check_finite(t: Tensor, what: str, where: str) -> None:
     if not torch.isfinite(t).all():
-        raise NonFiniteError(
-            f"{what} is not finite at {where}: lower the step sizes (gamma_x, gamma_h) or raise sigma_g"
-        )
+        raise NonFiniteError(nonfinite_message(what, where))  # names the fix that fits the quantity
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -291,6 +278,8 @@ def map_x(
     With h = kernels.dirac(K) this is x_delta, the MAP-denoised image of Statement 1.
     """
     check_denoiser(denoiser)
+    check_positive(sigma=sigma, sigma_g=sigma_g)
+    check_deconv_input(denoiser, y, h.shape[-1], sigma=sigma)
     K = h.shape[-1]
     x = extend(y, K, pad) if x0 is None else x0.clone()
     gamma = default_gamma_x(sigma, sigma_g) if gamma_x is None else gamma_x
@@ -372,6 +361,8 @@ class Algorithm1Params:
         if not 0 < self.gamma_h_decay <= 1 or not 0 < self.gamma_x_decay <= 1:
             raise ValueError(f"gamma_h_decay and gamma_x_decay must be in (0, 1], got {self.gamma_h_decay}, "
                              f"{self.gamma_x_decay}")
+        check_positive(sigma=self.sigma, sigma_g=self.sigma_g)  # 0 step sizes are allowed: they freeze x or h
+        check_nonnegative(gamma_x=self.gamma_x, gamma_h=self.gamma_h, gamma_h_scale=self.gamma_h_scale)
         if self.n_ext < 0 or self.n_in < 0 or self.reset < 1 or self.n_in_warmup < 1:
             raise ValueError("need n_ext >= 0, n_in >= 0, reset >= 1 and n_in_warmup >= 1")
 
@@ -551,8 +542,8 @@ def algorithm1(
     from tqdm.auto import tqdm
 
     check_denoiser(denoiser)
-    if y.ndim != 4:
-        raise ValueError(f"y must be (B, C, h, w), got {tuple(y.shape)}")
+    K_in = kernel_size if isinstance(h0, str) else torch.as_tensor(h0).shape[-1]
+    check_deconv_input(denoiser, y, K_in, sigma=params.sigma)
     B = y.shape[0]
     if isinstance(h0, str):
         if kernel_size is None:

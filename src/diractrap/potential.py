@@ -38,6 +38,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from .checks import check_count, check_images, check_model_input, check_positive
 from .priors import check_denoiser, range_scale, to_native
 
 __all__ = [
@@ -392,8 +393,10 @@ def potential(
         never differentiated with respect to its parameters.
     """
     check_denoiser(denoiser)
-    if x.ndim != 4:
-        raise ValueError(f"x must be a batch of images (B, C, H, W), got shape {tuple(x.shape)}")
+    check_images(x, "x")  # a non-empty float batch (B, C, H, W), finite, in [0, 1]: before any solve
+    check_model_input(denoiser, x)
+    check_positive(rtol=rtol, atol=atol)
+    check_count(1, steps=steps, n_probes=n_probes)
     if solver not in SOLVERS:
         raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
     if divergence not in DIVERGENCES:

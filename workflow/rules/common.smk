@@ -2,10 +2,12 @@
 # Nothing here downloads or computes: parsing stays fast and offline (a dry run of the paper config needs no network).
 from pathlib import Path
 
+import yaml
 from snakemake.utils import validate
 
 import dataclasses
 
+from diractrap.checks import config_errors
 from diractrap.datasets import DATASETS, SHARDS, shard_path
 from diractrap.deconv import preset
 from diractrap.models import REGISTRY, checkpoint_path
@@ -15,7 +17,18 @@ from diractrap.models import REGISTRY, checkpoint_path
 # The config: JSON-schema validation (a misspelt key or a wrong type stops here), then cross-references
 # ---------------------------------------------------------------------------------------------------------------
 
-validate(config, "../schemas/config.schema.yaml")
+
+def check_schema(schema_file):
+    """Stop the parse with a few lines naming each bad key and the allowed keys (snakemake's own validate prints
+    the whole schema); then snakemake's validate fills the schema's defaults."""
+    schema = yaml.safe_load((Path(workflow.current_basedir) / schema_file).read_text())
+    problems = config_errors(config, schema)
+    if problems:
+        raise ValueError("invalid config:\n  " + "\n  ".join(problems))
+    validate(config, schema_file)
+
+
+check_schema("../schemas/config.schema.yaml")
 
 RESULTS = config["paths"]["results"]
 FIGURES = config["paths"]["figures"]
@@ -47,6 +60,10 @@ def family_grids():
 def check_references():
     """Names that the schema cannot check: every reference points at a definition, every index is in range."""
     models, sets = config["models"], config["image_sets"]
+    for name, m in models.items():
+        if m["prior"] not in REGISTRY and not Path(m["prior"]).is_file():
+            config_error(f"models.{name}.prior", f"{m['prior']!r} is neither a registered prior "
+                         f"({', '.join(sorted(REGISTRY))}) nor an existing checkpoint file")
     for i, m in enumerate(SWEEP["models"]):
         if m not in models:
             config_error(f"sweep.models[{i}]", f"{m!r} is not defined under models")

@@ -20,7 +20,7 @@ rule download_checkpoint:
     log:
         f"{LOGS}/checkpoint/{{filename}}.log",
     resources:
-        mem_mb=500,
+        mem_mb=4000,  # a file with no known hash is loaded once on the CPU before its hash is recorded (~1 GB file)
         runtime=120,
     conda:
         "../../environment.yml"

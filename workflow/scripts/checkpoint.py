@@ -1,4 +1,5 @@
-"""Job: download and verify one registered checkpoint (diractrap.models.fetch_checkpoint: .part file, atomic rename)."""
+"""Job: download and verify one registered checkpoint (diractrap.models.fetch_checkpoint: .part file, atomic rename;
+with no known hash, the file is loaded once and its hash recorded only if it loads as the architecture)."""
 import sys
 
 sys.stdout = sys.stderr = open(snakemake.log[0], "w", buffering=1)

@@ -6,11 +6,12 @@ resumes it with an HTTP ``Range`` request (a server that answers 200 instead of 
 whose checksum is wrong is deleted. When every URL fails the error is one line naming the URL and the exact path
 where the file can be placed by hand.
 
-Checksums that are not known in advance are recorded on first download in a lock file (JSON, beside the
-checkpoints: ``<checkpoint dir>/checkpoints.lock``) and every later use is verified against it (trust on first
-use). The lock lives with the files it vouches for because the package directory may be read-only and a shared
-checkpoint directory should carry one record for all its users; a hash pinned in the registry or passed as
-``sha256=`` takes precedence over the lock.
+Checksums that are not known in advance are recorded in a lock file (JSON, beside the checkpoints:
+``<checkpoint dir>/checkpoints.lock``) and every later use is verified against it (trust on first use). Only a file
+that has been loaded as the expected architecture is recorded (:func:`diractrap.models.registry.fetch_checkpoint`
+does that), with its origin: a completed download, or a file placed by hand. The lock lives with the files it
+vouches for because the package directory may be read-only and a shared checkpoint directory should carry one
+record for all its users; a hash pinned in the registry or passed as ``sha256=`` takes precedence over the lock.
 """
 
 from __future__ import annotations
@@ -92,32 +93,68 @@ class ChecksumLock:
     def get(self, filename: str) -> dict | None:
         return self.entries().get(filename)
 
-    def record(self, filename: str, *, sha256: str, size: int, url: str | None = None) -> None:
-        """Add or replace one entry (read-modify-write under an exclusive lock, written atomically)."""
+    def record(self, filename: str, *, sha256: str, size: int, url: str | None = None,
+               origin: str = "download") -> None:
+        """Add or replace one entry (read-modify-write under an exclusive lock, written atomically).
+
+        ``origin``: "download" (fetched from ``url``) or "placed by hand" (found at the path, never downloaded).
+        """
         self.root.mkdir(parents=True, exist_ok=True)
         with _exclusive(self.root / f".{LOCK_NAME}.flock"):
             entries = self.entries()
-            entries[filename] = {"sha256": sha256, "size": size, "url": url,
+            entries[filename] = {"sha256": sha256, "size": size, "url": url, "origin": origin,
                                  "recorded": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-            with atomic_path(self.path) as tmp:
-                tmp.write_text(json.dumps(entries, indent=1, sort_keys=True) + "\n")
+            self._write(entries)
+
+    def forget(self, filename: str) -> bool:
+        """Remove one entry; True if there was one. The lock file goes when its last entry does."""
+        if not self.path.is_file():
+            return False
+        with _exclusive(self.root / f".{LOCK_NAME}.flock"):
+            entries = self.entries()
+            if entries.pop(filename, None) is None:
+                return False
+            self._write(entries)
+            return True
+
+    def _write(self, entries: dict) -> None:
+        if not entries:
+            self.path.unlink(missing_ok=True)
+            return
+        with atomic_path(self.path) as tmp:
+            tmp.write_text(json.dumps(entries, indent=1, sort_keys=True) + "\n")
 
 
 @contextlib.contextmanager
 def _exclusive(lockfile: Path):
-    """An inter-process exclusive lock (POSIX flock) so parallel jobs do not write the same .part file."""
+    """An inter-process exclusive lock (POSIX flock) so parallel jobs do not write the same .part file.
+
+    The lock file is removed on release, so no empty ``.flock`` file stays behind. A process that was waiting on
+    the removed file finds, once it holds the lock, that the path no longer names the file it locked, and locks
+    the new one instead (the usual unlink-on-release protocol).
+    """
     try:
         import fcntl
     except ImportError:  # pragma: no cover - not POSIX: no inter-process locking
         yield
         return
     lockfile.parent.mkdir(parents=True, exist_ok=True)
-    with open(lockfile, "a") as f:
+    while True:
+        f = open(lockfile, "a")
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+            same = os.path.samestat(os.fstat(f.fileno()), os.stat(lockfile))
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        f.close()  # the holder before us removed this file: lock the current one
+    try:
+        yield
+    finally:
+        lockfile.unlink(missing_ok=True)
+        fcntl.flock(f, fcntl.LOCK_UN)
+        f.close()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -138,6 +175,7 @@ def download(urls, dest, *, sha256: str | None = None, size: int | None = None, 
     if not urls:
         raise DownloadError(f"no URL is known for {dest.name}; place the file by hand at {dest}")
     part = dest.with_name(dest.name + ".part")
+    made = [p for p in (dest.parent, *dest.parent.parents) if not p.exists()]  # removed again if nothing comes
     dest.parent.mkdir(parents=True, exist_ok=True)
     failures: list[DownloadError] = []
     with _exclusive(dest.with_name(f".{dest.name}.flock")):
@@ -159,6 +197,9 @@ def download(urls, dest, *, sha256: str | None = None, size: int | None = None, 
                 continue
             os.replace(part, dest)
             return digest
+    for d in made:  # deepest first: a failed download leaves no new empty directory (a kept .part stops this)
+        with contextlib.suppress(OSError):
+            d.rmdir()
     if len(failures) == 1:
         raise failures[0]
     kind = ChecksumError if all(isinstance(f, ChecksumError) for f in failures) else DownloadError

@@ -130,8 +130,8 @@ def load_score_sde(
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # the weights-only unpickler refuses anything but tensors and plain containers
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ValueError(f"{path} is not a plain-tensor PyTorch checkpoint and was not loaded: {first}") from err
+        raise ValueError(f"{path} is not a plain-tensor PyTorch checkpoint and was not loaded ({_why(err)}); this "
+                         "project loads only files of tensors and plain containers") from err
     if not isinstance(ckpt, dict):
         raise ValueError(f"{path} holds a {type(ckpt).__name__}, not a checkpoint dict or a state dict")
 
@@ -157,6 +157,13 @@ def load_score_sde(
     info = {"name": name or path.stem, "checkpoint": str(path), "sha256": digest, "format": "score_sde",
             "weights": weights, "step": None if step is None else int(step)}
     return NCSNppDenoiser(net, info=info)
+
+
+def _why(err: BaseException) -> str:
+    """torch.load's reason without its advice to retry with weights_only=False (never to be followed here)."""
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    keep = [ln for ln in lines if not any(w in ln.lower() for w in ("weights_only", "weights only", "documentation"))]
+    return keep[0] if keep else type(err).__name__
 
 
 def _with_ema(net: nn.Module, state: dict, shadow: list, *, source: str) -> dict:

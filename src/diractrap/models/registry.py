@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Callable
 
 __all__ = ["ModelSpec", "REGISTRY", "register", "get_denoiser", "checkpoint_dir", "checkpoint_path",
-           "fetch_checkpoint", "checkpoint_status"]
+           "fetch_checkpoint", "forget_checkpoint", "checkpoint_status"]
 
 CHECKPOINTS_ENV = "DIRACTRAP_CHECKPOINTS"  # overrides the checkpoint directory
 DEFAULT_CHECKPOINTS = Path("data/checkpoints")  # relative to the working directory (the repository root)
@@ -47,17 +47,20 @@ def get_denoiser(name_or_path: str, *, device="cpu", root=None, download: bool =
 
     A downloadable model's file lives at ``<root>/<filename>`` (root: the argument, else ``$DIRACTRAP_CHECKPOINTS``,
     else ``data/checkpoints``); it is downloaded when missing (unless ``download=False``), verified against the
-    expected sha256 (``sha256=``, else the registry's, else the one recorded in the lock file on first download)
-    and loaded strictly. ``options`` go to the loader (``weights``, ``class_label``, ...) over the registry's.
+    expected sha256 (``sha256=``, else the registry's, else the one recorded in the lock file) and loaded strictly;
+    on first use (no hash known) its hash is recorded only once it has loaded. ``options`` go to the loader
+    (``weights``, ``class_label``, ...) over the registry's.
     """
     if name_or_path in REGISTRY:
         spec = REGISTRY[name_or_path]
         if spec.build is not None:
             return spec.build(device=device, **{**spec.options, **options})
-        path, digest = fetch_checkpoint(spec.name, root=root, download=download, sha256=sha256, progress=progress)
-        from .loading import load_denoiser
+        path, digest, denoiser = _fetch(spec.name, root=root, download=download, sha256=sha256, progress=progress,
+                                        device=device, options=options)
+        if denoiser is None:
+            from .loading import load_denoiser
 
-        denoiser = load_denoiser(path, device=device, sha256=digest, name=spec.name, **{**spec.options, **options})
+            denoiser = load_denoiser(path, device=device, sha256=digest, name=spec.name, **{**spec.options, **options})
         denoiser.info.update(architecture=denoiser.info.get("architecture") or spec.architecture,
                              licence=spec.licence, url=spec.urls[0] if spec.urls else None)
         return denoiser
@@ -97,9 +100,22 @@ def fetch_checkpoint(name: str, *, root=None, download: bool = True, sha256: str
                      progress: bool = True) -> tuple[Path, str]:
     """The verified checkpoint file of a registered model and its sha256, downloading it if missing.
 
-    Expected hash: ``sha256`` (a pin from the config), else the registry's, else the lock file's record. A file
-    with no expected hash is trusted on first sight and its hash recorded in the lock; every later call verifies.
+    Expected hash: ``sha256`` (a pin from the config), else the registry's, else the lock file's record. A file with
+    no expected hash is trusted only once it loads as the model's architecture (on the CPU); its hash is then
+    recorded in the lock with its origin (a completed download, or a file placed by hand), and every later call
+    verifies against it. A downloaded file that does not load is removed; a file placed by hand is left in place.
     """
+    path, digest, _ = _fetch(name, root=root, download=download, sha256=sha256, progress=progress)
+    return path, digest
+
+
+_LOAD_ERRORS = (ValueError, RuntimeError, OSError, EOFError, KeyError, TypeError, AttributeError, IndexError)
+
+
+def _fetch(name: str, *, root, download: bool, sha256: str | None, progress: bool, device="cpu", options=None):
+    """(path, sha256, the denoiser loaded to earn trust on first use, or None when the hash was already known)."""
+    import pickle
+
     from .download import ChecksumError, ChecksumLock, download as fetch, sha256sum
 
     spec = _downloadable(name)
@@ -109,44 +125,83 @@ def fetch_checkpoint(name: str, *, root=None, download: bool = True, sha256: str
     pinned = (sha256 or spec.sha256 or "").lower() or None
     expected = pinned or (record or {}).get("sha256")
     size = spec.size or (record or {}).get("size")
-    where = "pinned" if pinned else f"recorded in {lock.path} on first download"
+    where = "pinned" if pinned else f"recorded in {lock.path}"
+    url = spec.urls[0] if spec.urls else None
     if not path.is_file():
         if not download:
-            raise FileNotFoundError(f"checkpoint of {name!r} missing: download {spec.urls[0] if spec.urls else '(no URL)'} "
+            raise FileNotFoundError(f"checkpoint of {name!r} missing: download {url or '(no URL)'} "
                                     f"and place it at {path.absolute()} (or allow downloads)")
         try:
             digest = fetch(spec.urls, path, sha256=expected, size=size, progress=progress)
         except ChecksumError as err:
             raise ChecksumError(f"{err} (expected hash {where})") from None
+        origin = "download"
     else:
         digest = sha256sum(path)
         if (expected and digest != expected) or (size and path.stat().st_size != size):
-            raise ChecksumError(f"{path.absolute()} has sha256 {digest}, not {expected} ({where}): the file is damaged or "
-                                "another checkpoint; delete it to download it again")
-    if record is None or record.get("sha256") != digest:
-        lock.record(spec.filename, sha256=digest, size=path.stat().st_size, url=spec.urls[0] if spec.urls else None)
-    return path, digest
+            raise ChecksumError(f"{path.absolute()} has sha256 {digest}, not {expected} ({where}): the file is "
+                                "damaged or another checkpoint; delete it to download it again, or forget the record "
+                                f"with `diractrap models --forget {name}` if the source changed")
+        origin = "placed by hand"
+    if expected:  # verified against a pin or a record made when a file of this name last loaded
+        return path, digest, None
+    from .loading import load_denoiser
+
+    try:  # trust on first use, for a file that loads as the expected architecture only
+        denoiser = load_denoiser(path, device=device, sha256=digest, name=spec.name,
+                                 **{**spec.options, **(options or {})})
+    except (*_LOAD_ERRORS, pickle.UnpicklingError) as err:
+        reason = " ".join(str(err).split())
+        if origin == "download":
+            path.unlink(missing_ok=True)
+            raise ChecksumError(f"{url} gave a file that does not load as {spec.architecture or name} ({reason}); "
+                                f"it was removed and nothing was recorded") from None
+        raise ChecksumError(f"{path.absolute()} (placed by hand) does not load as {spec.architecture or name} "
+                            f"({reason}); nothing was recorded: replace it with the file from {url}") from None
+    lock.record(spec.filename, sha256=digest, size=path.stat().st_size, url=url, origin=origin)
+    return path, digest, denoiser
+
+
+def forget_checkpoint(name: str, *, root=None) -> bool:
+    """Remove the lock-file record of a registered model's checkpoint (the file, if any, stays). True if found."""
+    from .download import ChecksumLock
+
+    spec = _downloadable(name)
+    return ChecksumLock(checkpoint_dir(root)).forget(spec.filename)
 
 
 def checkpoint_status(name: str, *, root=None, verify: bool = True) -> dict:
-    """State of a registered model's file: embedded, missing, partial, present (not verified), verified or mismatch."""
+    """State of a registered model's file: embedded, missing, partial, present (not checked), verified, mismatch,
+    loads (not yet recorded) or invalid (the file does not load: the reason follows)."""
     spec = REGISTRY[name]
     if spec.build is not None:
         return {"name": name, "state": "embedded", "path": None, "sha256": None}
     from .download import ChecksumLock, sha256sum
 
     path = checkpoint_path(name, root)
+    record = ChecksumLock(path.parent).get(spec.filename) or {}
+    expected = spec.sha256 or record.get("sha256")
     if not path.is_file():
         part = path.with_name(path.name + ".part")
         state = f"partial ({part.stat().st_size / 2**20:.0f} MiB)" if part.is_file() else "missing"
+        state += " (hash recorded)" if record else ""
         return {"name": name, "state": state, "path": str(path), "sha256": None}
-    record = ChecksumLock(path.parent).get(spec.filename) or {}
-    expected = spec.sha256 or record.get("sha256")
-    if not expected or not verify:
-        state = "present (no recorded hash)" if not expected else "present (not checked)"
-        return {"name": name, "state": state, "path": str(path), "sha256": None}
+    if not verify:
+        return {"name": name, "state": "present (not checked)", "path": str(path), "sha256": None}
     digest = sha256sum(path)
-    return {"name": name, "state": "verified" if digest == expected else "mismatch", "path": str(path), "sha256": digest}
+    if expected:
+        state = "verified" if digest == expected else "mismatch"
+        return {"name": name, "state": state, "path": str(path), "sha256": digest}
+    import pickle
+
+    from .loading import load_denoiser
+
+    try:  # no hash to compare with: does it at least load as the architecture?
+        load_denoiser(path, device="cpu", sha256=digest, name=name, **spec.options)
+    except (*_LOAD_ERRORS, pickle.UnpicklingError) as err:
+        reason = " ".join(str(err).split())
+        return {"name": name, "state": f"invalid ({reason[:120]})", "path": str(path), "sha256": digest}
+    return {"name": name, "state": "loads (not yet recorded)", "path": str(path), "sha256": digest}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -196,7 +251,9 @@ register(
 
 # ---------------------------------------------------------------------------------------------------------------
 # The paper's pretrained priors (PAPER.md, "Pretrained models"): downloaded on first use, never redistributed.
-# Hashes are unknown here: the first download records them in the lock file; config/paper.yaml can pin them.
+# Hashes: no public source we could reach gives them (the EDM and score_sde releases publish none, and these machines
+# have no network to hash the files), so none is pinned; the first file that loads records its hash in the lock
+# file, and config/paper.yaml (models.<m>.sha256) can pin one.
 # ---------------------------------------------------------------------------------------------------------------
 
 _EDM_CDN = "https://nvlabs-fi-cdn.nvidia.com/edm/pretrained/"
