@@ -25,7 +25,7 @@ import torch
 import yaml
 
 from diractrap.data import demo_images
-from diractrap.deconv import extend, make_problem, map_x, objective, semigroup_path
+from diractrap.deconv import PRESETS, extend, make_problem, map_x, objective, semigroup_path
 from diractrap.kernels import dirac, kernel, second_moment
 from diractrap.potential import potential
 from diractrap.priors import denoise_unit
@@ -45,9 +45,9 @@ def main():
     torch.set_num_threads(args.threads)
     cfg = yaml.safe_load(open(args.config))
     dc = cfg["deconv"]
-    alg, pot = dc["algorithm1"], dict(cfg["sweep"]["potential"])
+    alg, pot = dc["algorithm1"][dc["statement1"]["run"]], dict(cfg["sweep"]["potential"])  # Statement 1's run
     sigma, K = dc["sigma"], dc["kernel_size"]
-    sigma_g = alg["sigma_g"] if args.sigma_g is None else args.sigma_g
+    sigma_g = alg.get("sigma_g", PRESETS[alg["preset"]]["sigma_g"]) if args.sigma_g is None else args.sigma_g
     X = demo_images(cfg["image_sets"][dc["images"]]["split"], cfg["image_sets"][dc["images"]]["resolution"])
     pairs = dc["pairs"]
     print(f"load average {os.getloadavg()}, threads {args.threads}, sigma {sigma}, sigma_g {sigma_g}, K {K}, "
@@ -57,6 +57,7 @@ def main():
         extra = {"angle": p["angle"]} if "angle" in p else {}
         return kernel(p["family"], p["theta"] * s, K, **extra)
 
+    pairs = [p for p in pairs if p["family"] != "levin"]  # one-parameter families only (their blur is scaled)
     x_true = X[[p["image"] for p in pairs]]
     if args.semigroup:
         return semigroup(args, x_true, pairs, pot, sigma, K, dc["seed"])

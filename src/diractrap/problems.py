@@ -17,9 +17,10 @@ from torch import Tensor
 from .blur import blur_same, conv
 from .data import atomic_path
 from .deconv import Algorithm1Params, Algorithm1Result, algorithm1, initial_kernels
+from .kernels import kernel, levin_kernel
 from .metrics import metrics
 
-__all__ = ["item_generator", "make_problem", "save_problem", "load_problem", "PairsRun", "run_pairs", "save_result",
+__all__ = ["item_generator", "pair_kernel", "make_problem", "save_problem", "load_problem", "PairsRun", "run_pairs", "save_result",
            "load_result", "table_rows", "summary", "run_job"]
 
 
@@ -31,6 +32,14 @@ __all__ = ["item_generator", "make_problem", "save_problem", "load_problem", "Pa
 def item_generator(seed: int, item_id: int) -> torch.Generator:
     """A CPU generator for one item, seeded from (seed, item id), so results do not depend on batching."""
     return torch.Generator(device="cpu").manual_seed((int(seed) * 1_000_003 + int(item_id)) % (2**63 - 1))
+
+
+def pair_kernel(family: str, theta, kernel_size: int, angle=None, *, dtype=torch.float64) -> Tensor:
+    """A deconvolution pair's true kernel (K, K): a family of diractrap.kernels at theta (motion: ``angle``), or
+    ``family="levin"``: Levin et al.'s camera-shake kernel number theta (kernels.levin_kernel)."""
+    if family == "levin":
+        return levin_kernel(int(theta), kernel_size, dtype=dtype)
+    return kernel(family, theta, kernel_size, dtype=dtype, **({"angle": angle} if angle is not None else {}))
 
 
 def make_problem(
