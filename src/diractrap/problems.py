@@ -20,8 +20,8 @@ from .deconv import Algorithm1Params, Algorithm1Result, algorithm1, initial_kern
 from .kernels import kernel, levin_kernel
 from .metrics import metrics
 
-__all__ = ["item_generator", "pair_kernel", "make_problem", "save_problem", "load_problem", "PairsRun", "run_pairs", "save_result",
-           "load_result", "table_rows", "summary", "run_job"]
+__all__ = ["item_generator", "pair_kernel", "make_problem", "save_problem", "load_problem", "PairsRun", "run_pairs",
+           "save_result", "load_result", "table_rows", "summary", "run_job"]
 
 
 # ---------------------------------------------------------------------------------------------------------------
