@@ -38,7 +38,8 @@ def test_a_preset_is_a_complete_parameter_set(name):
     fields = {f.name for f in dataclasses.fields(Algorithm1Params)}
     assert set(PRESETS[name]) == fields  # nothing left to a default or a config
     p = preset(name)
-    assert {k: getattr(p, k) for k in fields} == {k: (tuple(v) if isinstance(v, list) else v) for k, v in PRESETS[name].items()}
+    want = {k: (tuple(v) if isinstance(v, list) else v) for k, v in PRESETS[name].items()}
+    assert {k: getattr(p, k) for k in fields} == want
     assert preset(name, n_ext=7).n_ext == 7
     with pytest.raises(ValueError, match="unknown Algorithm 1 parameter"):
         preset(name, n_exts=7)

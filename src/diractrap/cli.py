@@ -212,7 +212,8 @@ def _run_deblur(args) -> int:
     image = load_image(args.blurry)[None].to(args.device)
     K = args.kernel_size
     if params.pad == "observed":  # BLURRY is the image at the size of x; the data term sees its valid centre
-        y, y_full = image[..., K - 1 - K // 2 : image.shape[-2] - K // 2, K - 1 - K // 2 : image.shape[-1] - K // 2], image
+        a, b = K - 1 - K // 2, K // 2  # the valid centre: what the kernel's reach leaves of the image
+        y, y_full = image[..., a : image.shape[-2] - b, a : image.shape[-1] - b], image
     else:
         y, y_full = image, None
     labels = None if args.label is None else torch.tensor([args.label], device=args.device)

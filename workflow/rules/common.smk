@@ -362,7 +362,8 @@ def fig4_inputs(wildcards):
 
 def fig5_inputs(wildcards):
     f = FIGS["fig5"]
-    return dict(problems=[problem_file(p) for p in f["pairs"]], runs=[run_file(f["run"], p, "wide") for p in f["pairs"]])
+    return dict(problems=[problem_file(p) for p in f["pairs"]],
+                runs=[run_file(f["run"], p, "wide") for p in f["pairs"]])
 
 
 def fig5_titles(wildcards):
