@@ -24,14 +24,14 @@ from tqdm.auto import tqdm
 from . import __version__
 from .blur import blur_same
 from .kernels import kernel
-from .potential import potential
+from .potential import PotentialOptions, potential
 
 __all__ = ["COLUMNS", "KEY", "sweep", "merge", "relative"]
 
 KEY = ["model", "family", "angle", "item", "theta"]  # one row per key
 COLUMNS = [
     "model", "checkpoint_sha256", "image", "item", "label", "family", "angle", "theta", "kernel_size", "boundary",
-    "q", "stderr", "bits_per_dim", "nfe", "solver", "steps", "rho", "rtol", "atol", "divergence", "probe",
+    "q", "stderr", "bits_per_dim", "nfe", "solver", "steps", "rho", "rtol", "atol", "control", "divergence", "probe",
     "n_probes", "seed", "sigma_min", "sigma_max", "dtype", "device", "diractrap_version", "torch_version",
 ]
 
@@ -56,16 +56,9 @@ def sweep(
     batch_size: int = 16,
     model: str | None = None,
     checkpoint_sha256: str | None = None,
-    solver: str = "heun",
-    steps: int = 64,
-    rho: float = 7.0,
-    rtol: float = 1e-5,
-    atol: float = 1e-5,
-    divergence: str = "hutchinson",
-    probe: str = "rademacher",
-    n_probes: int = 1,
-    seed: int = 0,
+    options: PotentialOptions | dict | None = None,
     progress: bool = False,
+    **overrides,
 ) -> pd.DataFrame:
     """q(h_theta * x) for every image x of ``images`` and every theta of ``thetas``, as a tidy DataFrame.
 
@@ -79,10 +72,11 @@ def sweep(
         names: (B,) strings for the ``image`` column (default the item ids); labels: (B,) class indices for a
             conditional prior (the ``label`` column holds -1 when None).
         boundary: how h_theta * x is extended to the size of x ("reflect", "replicate", "circular", "zeros").
-        batch_size: (image, theta) pairs per solve; fixed-step results do not depend on it (per-item probes).
+        batch_size: (image, theta) pairs per solve; fixed-step results do not depend on it (per-item probes),
+            adaptive ones within the solver's tolerance (a batch shares its steps).
         model, checkpoint_sha256: provenance (default: the denoiser's ``info`` dict when it has one).
-        solver, steps, rho, rtol, atol, divergence, probe, n_probes, seed: passed to
-            :func:`diractrap.potential.potential`.
+        options, **overrides: how q is computed (:class:`diractrap.potential.PotentialOptions` or a dict of its
+            fields, plus fields by name: ``solver="heun"``); default the library's.
     Returns:
         One row per (image, theta), columns :data:`COLUMNS`, ordered by image then theta.
     """
@@ -93,6 +87,7 @@ def sweep(
     names = [str(i) for i in ids] if names is None else [str(n) for n in names]
     if len(ids) != B or len(names) != B or (labels is not None and len(labels) != B):
         raise ValueError(f"item_ids, names and labels must have one entry per image ({B})")
+    opt = PotentialOptions.make(options, **overrides)
     thetas = [float(t) for t in thetas]
     options = {"angle": float(angle)} if family == "motion" and angle is not None else {}
     if family != "motion" and angle is not None:
@@ -107,9 +102,8 @@ def sweep(
     for start in tqdm(range(0, len(pairs), batch_size), desc=f"sweep {family}", disable=not progress):
         bi, ti = map(list, zip(*pairs[start : start + batch_size]))
         x = blur_same(images[bi], h[ti], boundary).to(device)
-        res = potential(denoiser, x, labels=None if labels is None else labels[bi].to(device), solver=solver,
-                        steps=steps, rho=rho, rtol=rtol, atol=atol, divergence=divergence, probe=probe,
-                        n_probes=n_probes, seed=seed, item_ids=[ids[b] for b in bi])
+        res = potential(denoiser, x, labels=None if labels is None else labels[bi].to(device), options=opt,
+                        item_ids=[ids[b] for b in bi])
         s = res.settings
         for k, (b, t) in enumerate(zip(bi, ti)):
             rows.append(dict(
@@ -119,9 +113,9 @@ def sweep(
                 family=family, angle=float(angle) if options else math.nan, theta=thetas[t],
                 kernel_size=kernel_size, boundary=boundary,
                 q=float(res.q[k]), stderr=float(res.stderr[k]), bits_per_dim=float(res.bits_per_dim[k]),
-                nfe=res.nfe, solver=solver, steps=s.get("steps", -1), rho=s.get("rho", math.nan),
-                rtol=s.get("rtol", math.nan), atol=s.get("atol", math.nan), divergence=divergence,
-                probe=s.get("probe", "none"), n_probes=s.get("n_probes", 0), seed=seed,
+                nfe=res.nfe, solver=opt.solver, steps=s.get("steps", -1), rho=s.get("rho", math.nan),
+                rtol=s.get("rtol", math.nan), atol=s.get("atol", math.nan), control=s.get("control", ""),
+                divergence=opt.divergence, probe=s.get("probe", "none"), n_probes=s.get("n_probes", 0), seed=opt.seed,
                 sigma_min=s["sigma_min"], sigma_max=s["sigma_max"], dtype=s["dtype"], device=s["device"],
                 diractrap_version=__version__, torch_version=torch.__version__,
             ))
