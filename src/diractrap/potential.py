@@ -280,7 +280,8 @@ def _heun(drift: _Drift, z: Tensor, sigmas: Tensor, M: int, pbar) -> tuple[Tenso
     z1 = z~ - (e^h - 1 - h) / h (D1 - D0). The divergence integral takes the trapezoid in s. Integrating z - D
     directly (plain Heun in s) is ~3x less accurate at equal cost (BENCHMARKS.md): the exponential growth of the
     noise-dominated components is then approximated instead of exact. Every image follows the same grid, so results
-    do not depend on the batch composition.
+    depend on the batch composition only through the denoiser's floating-point rounding (a float32 network's batched
+    kernels: ~1e-7 relative of q, tests/test_potential.py), unlike the adaptive solvers' shared step sizes.
     """
     ell = torch.zeros(z.shape[0], M, dtype=torch.float64, device=z.device)
     sig = sigmas.tolist()

@@ -8,8 +8,10 @@ point is x itself) and its potential q (nats, images in [0, 1]) is computed thro
 
 One row per (image, family, theta), with the settings that produced it (model, checkpoint sha256, solver,
 steps / tolerances, probes, seed, package versions): tables from different runs can be concatenated and compared.
+The ``prior`` column says which potential a row holds: "diffusion" (the model's, through the ODE) or a classical
+baseline on the same images and kernels (:mod:`diractrap.baselines`: "tv", "gaussian"; closed forms, no solver).
 
-Sections: the sweep; merging chunk tables; potentials relative to theta = 0.
+Sections: the sweep; the baselines' rows; merging chunk tables; potentials relative to theta = 0.
 """
 
 from __future__ import annotations
@@ -26,11 +28,11 @@ from .blur import blur_same
 from .kernels import kernel
 from .potential import PotentialOptions, potential
 
-__all__ = ["COLUMNS", "KEY", "sweep", "merge", "relative"]
+__all__ = ["COLUMNS", "KEY", "sweep", "baseline_sweep", "merge", "relative"]
 
-KEY = ["model", "family", "angle", "item", "theta"]  # one row per key
+KEY = ["model", "prior", "family", "angle", "item", "theta"]  # one row per key
 COLUMNS = [
-    "model", "checkpoint_sha256", "image", "item", "label", "family", "angle", "theta", "kernel_size", "boundary",
+    "model", "prior", "checkpoint_sha256", "image", "item", "label", "family", "angle", "theta", "kernel_size", "boundary",
     "q", "stderr", "bits_per_dim", "nfe", "solver", "steps", "rho", "rtol", "atol", "control", "divergence", "probe",
     "n_probes", "seed", "sigma_min", "sigma_max", "dtype", "device", "diractrap_version", "torch_version",
 ]
@@ -107,7 +109,7 @@ def sweep(
         s = res.settings
         for k, (b, t) in enumerate(zip(bi, ti)):
             rows.append(dict(
-                model=model or info.get("name", type(denoiser).__name__),
+                model=model or info.get("name", type(denoiser).__name__), prior="diffusion",
                 checkpoint_sha256=checkpoint_sha256 or info.get("sha256", ""),
                 image=names[b], item=ids[b], label=-1 if labels is None else int(labels[b]),
                 family=family, angle=float(angle) if options else math.nan, theta=thetas[t],
@@ -123,20 +125,75 @@ def sweep(
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# The baselines' rows: closed-form potentials of the same blurred images (diractrap.baselines)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def baseline_sweep(
+    potentials: dict,
+    images: Tensor,
+    family: str,
+    thetas,
+    *,
+    model: str,
+    item_ids=None,
+    names=None,
+    labels: Tensor | None = None,
+    angle: float | None = None,
+    kernel_size: int = 21,
+    boundary: str = "reflect",
+) -> pd.DataFrame:
+    """The rows :func:`sweep` would write for the same images, kernels and thetas, with the potentials of
+    classical priors instead of the diffusion prior's: ``potentials`` is {name: (q, info)} as returned by
+    :func:`diractrap.baselines.fit_baselines` (q(x) -> (B,) nats). ``model`` names the panel the rows belong to
+    (the diffusion model whose images they share). Solver columns read "closed form", nfe 0, stderr 0."""
+    B = images.shape[0]
+    ids = list(range(B)) if item_ids is None else [int(i) for i in item_ids]
+    names = [str(i) for i in ids] if names is None else [str(n) for n in names]
+    if len(ids) != B or len(names) != B or (labels is not None and len(labels) != B):
+        raise ValueError(f"item_ids, names and labels must have one entry per image ({B})")
+    thetas = [float(t) for t in thetas]
+    options = {"angle": float(angle)} if family == "motion" and angle is not None else {}
+    h = kernel(family, thetas, kernel_size, dtype=torch.float64, **options).to(images.device)
+    rows = []
+    for t, theta in enumerate(thetas):
+        x = blur_same(images.double(), h[t].expand(B, -1, -1), boundary)
+        N = x[0].numel()
+        for prior, (q_fn, _) in potentials.items():
+            q = torch.as_tensor(q_fn(x), dtype=torch.float64).cpu()
+            for b in range(B):
+                rows.append(dict(
+                    model=model, prior=prior, checkpoint_sha256="", image=names[b], item=ids[b],
+                    label=-1 if labels is None else int(labels[b]), family=family,
+                    angle=float(angle) if options else math.nan, theta=theta, kernel_size=kernel_size,
+                    boundary=boundary, q=float(q[b]), stderr=0.0, bits_per_dim=float(q[b]) / (N * math.log(2)) + 8,
+                    nfe=0, solver="closed form", steps=-1, rho=math.nan, rtol=math.nan, atol=math.nan, control="",
+                    divergence="", probe="none", n_probes=0, seed=-1, sigma_min=math.nan, sigma_max=math.nan,
+                    dtype="float64", device=str(images.device), diractrap_version=__version__,
+                    torch_version=torch.__version__,
+                ))
+    df = pd.DataFrame(rows, columns=COLUMNS)
+    return df.sort_values(["prior", "item", "theta"], ignore_index=True)
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Merging chunk tables (the workflow splits a sweep into jobs: model x family x chunk of images)
 # ---------------------------------------------------------------------------------------------------------------
 
 
 def merge(tables) -> pd.DataFrame:
-    """Concatenate sweep tables (DataFrames or parquet paths), sorted by :data:`KEY`; a repeated key is an error."""
+    """Concatenate sweep tables (DataFrames or parquet paths), sorted by :data:`KEY`; a repeated key is an error.
+    (Tables written before the ``prior`` column existed hold diffusion potentials only.)"""
     frames = [t if isinstance(t, pd.DataFrame) else pd.read_parquet(t) for t in tables]
     if not frames:
         raise ValueError("merge needs at least one table")
     df = pd.concat(frames, ignore_index=True)
+    if "prior" not in df:
+        df.insert(1, "prior", "diffusion")
     dup = df.duplicated(KEY, keep=False)
     if dup.any():
         first = df.loc[dup, KEY].iloc[0].to_dict()
-        raise ValueError(f"{int(dup.sum())} rows share a key (model, family, angle, item, theta), e.g. {first}")
+        raise ValueError(f"{int(dup.sum())} rows share a key ({', '.join(KEY)}), e.g. {first}")
     return df.sort_values(KEY, na_position="first", ignore_index=True)
 
 
@@ -146,8 +203,8 @@ def merge(tables) -> pd.DataFrame:
 
 
 def relative(df: pd.DataFrame) -> pd.Series:
-    """q - q(theta = 0) of the same (model, family, angle, image), in nats; needs theta = 0 for every image."""
-    keys = [df[c] for c in ("model", "family", "angle", "item")]
+    """q - q(theta = 0) of the same (model, prior, family, angle, image), in nats; needs theta = 0 for every image."""
+    keys = [df[c] for c in ("model", "prior", "family", "angle", "item") if c in df]
     ref = df["q"].where(df["theta"] == 0).groupby(keys, dropna=False).transform("first")
     if ref.isna().any():
         raise ValueError("relative potentials need theta = 0 for every (model, family, angle, image) of the table")
