@@ -38,7 +38,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .priors import check_denoiser, range_scale, to_native
+from .priors import check_denoiser, from_native, range_scale, to_native
 
 __all__ = [
     "PotentialOptions",
@@ -82,6 +82,9 @@ class PotentialOptions:
     divergence: "hutchinson" (``n_probes`` probes per image; q is their mean, stderr their standard error) or
                 "exact" (N VJPs per evaluation, N <= MAX_EXACT_DIM).
     probe, n_probes, seed: the Hutchinson probes (:func:`make_probes`); n_probes >= 2 gives a standard error.
+    tail_sigma: None (integrate to sigma_max, end point N(0, sigma_max^2 I)) or a noise level in units of [0, 1]
+                images above which the path is replaced by the closed form of a Gaussian of the data (``tail=`` of
+                :func:`potential`): q = -log N(x(sigma_c); m, Sigma + sigma_c^2 I) - int_{sigma_min}^{sigma_c}.
     """
 
     solver: str = "dopri5"  # BENCHMARKS.md "potential": the fewest evaluations at <= 1e-3 nats/dim
@@ -94,6 +97,7 @@ class PotentialOptions:
     probe: str = "rademacher"
     n_probes: int = 2  # >= 2: a standard error exists
     seed: int = 0
+    tail_sigma: float | None = None  # off: the Gaussian tail needs the data's mean and covariance
 
     def __post_init__(self):
         for name, allowed in (("solver", SOLVERS), ("control", CONTROLS), ("divergence", DIVERGENCES),
@@ -103,6 +107,8 @@ class PotentialOptions:
         if int(self.steps) < 1 or int(self.n_probes) < 1 or int(self.seed) < 0:
             raise ValueError(f"steps and n_probes must be >= 1 and seed >= 0, got steps={self.steps}, "
                              f"n_probes={self.n_probes}, seed={self.seed}")
+        if self.tail_sigma is not None and not self.tail_sigma > 0:
+            raise ValueError(f"tail_sigma must be None or > 0, got {self.tail_sigma}")
         if not (self.rtol >= 0 and self.atol >= 0 and self.rtol + self.atol > 0 and self.rho > 0):
             raise ValueError(f"need rtol, atol >= 0 (not both 0) and rho > 0, got rtol={self.rtol}, "
                              f"atol={self.atol}, rho={self.rho}")
@@ -471,6 +477,7 @@ def potential(
     probes: Tensor | None = None,
     sigma_min: float | None = None,
     sigma_max: float | None = None,
+    tail=None,
     progress: bool = False,
     **overrides,
 ) -> PotentialResult:
@@ -488,6 +495,9 @@ def potential(
             used along the whole trajectory (as score_sde does).
         probes: an explicit (B, M, C, H, W) tensor of probes; overrides probe / n_probes / seed / item_ids.
         sigma_min, sigma_max: the integration range in native units (default: the denoiser's own).
+        tail: with ``tail_sigma``, the Gaussian of the data for the path above it: an object with
+            ``potential(x, sigma) -> (B,)`` nats for images x in [0, 1] and sigma in [0, 1] units
+            (:meth:`diractrap.priors.GaussianPrior.fit` on the prior's training images).
         progress: show a tqdm bar over the steps.
     Returns:
         :class:`PotentialResult`. TF32 is switched off during the call and restored afterwards; the denoiser is
@@ -504,6 +514,15 @@ def potential(
     if not 0 < sigma_min < sigma_max:
         raise ValueError(f"need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
     B, N = x.shape[0], x[0].numel()
+    scale = range_scale(denoiser.data_range)
+    sigma_end = sigma_max
+    if opt.tail_sigma is not None:
+        sigma_end = opt.tail_sigma * scale  # native units
+        if tail is None:
+            raise ValueError("tail_sigma needs tail=, the data's Gaussian (e.g. priors.GaussianPrior.fit(images))")
+        if not sigma_min < sigma_end <= sigma_max:
+            raise ValueError(f"tail_sigma = {opt.tail_sigma} ([0, 1] units) must lie in ({sigma_min / scale:g}, "
+                             f"{sigma_max / scale:g}], the prior's range")
     settings = dict(solver=solver, divergence=divergence, sigma_min=sigma_min, sigma_max=sigma_max,
                     data_range=tuple(denoiser.data_range), dtype=str(x.dtype).removeprefix("torch."),
                     device=str(x.device))
@@ -511,6 +530,7 @@ def potential(
         settings.update(steps=opt.steps, rho=opt.rho)
     else:
         settings.update(rtol=opt.rtol, atol=opt.atol, control=opt.control)
+    settings.update(tail_sigma=opt.tail_sigma)
 
     if divergence == "exact":
         if N > MAX_EXACT_DIM:
@@ -533,21 +553,28 @@ def potential(
     z0 = to_native(x.detach(), denoiser.data_range)
     with _no_tf32(), torch.no_grad():
         if solver == "heun":
-            sigmas = rho_schedule(sigma_min, sigma_max, opt.steps, opt.rho)
+            sigmas = rho_schedule(sigma_min, sigma_end, opt.steps, opt.rho)
             with tqdm(total=opt.steps, desc="potential (heun)", disable=not progress, leave=False) as pbar:
                 z_T, ell = _heun(drift, z0, sigmas, M, pbar)
         else:
             with tqdm(total=1.0, desc=f"potential ({solver})", disable=not progress, leave=False,
                       bar_format="{l_bar}{bar}| {elapsed}") as pbar:
-                z_T, ell, stats = _adaptive(drift, z0, math.log(sigma_min), math.log(sigma_max), M, opt.rtol,
+                z_T, ell, stats = _adaptive(drift, z0, math.log(sigma_min), math.log(sigma_end), M, opt.rtol,
                                             opt.atol, pbar, tableau=solver, control=opt.control)
             settings.update(stats)
 
-    # end-point prior N(0, sigma_max^2 I) in native units, minus the divergence integral (per probe)
-    q_native = _end_point_nll(z_T, sigma_max)[:, None] - ell  # (B, M)
-    # change of variables to images in [0, 1]: z = a x + b, p_[0,1](x) = p_native(z) a^N, so q = q_native - N ln a
-    # (a = 2 for a prior on [-1, 1]: q(x) = q_native(2x - 1) - N ln 2)
-    q_all = q_native - N * math.log(range_scale(denoiser.data_range))
+    if opt.tail_sigma is None:
+        # end-point prior N(0, sigma_max^2 I) in native units, minus the divergence integral (per probe)
+        q_native = _end_point_nll(z_T, sigma_max)[:, None] - ell  # (B, M)
+        # change of variables to images in [0, 1]: z = a x + b, p_[0,1](x) = p_native(z) a^N, so q = q_native - N ln a
+        # (a = 2 for a prior on [-1, 1]: q(x) = q_native(2x - 1) - N ln 2)
+        q_all = q_native - N * math.log(scale)
+    else:
+        # the rest of the path in closed form: -log p_{sigma_c}(z_c) of the data's Gaussian, taken in [0, 1] units
+        # (-log p_native(z) = -log p_[0,1](x) + N ln a: the change of variables cancels the same term of q)
+        x_c = from_native(z_T, denoiser.data_range)
+        q_all = torch.as_tensor(tail.potential(x_c.double(), opt.tail_sigma), dtype=torch.float64,
+                                device=ell.device)[:, None] - ell
     q = q_all.mean(1)
     if eps is None:
         stderr = torch.zeros_like(q)
