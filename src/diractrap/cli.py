@@ -308,7 +308,7 @@ def _potential_options(args):
     from .potential import PotentialOptions
 
     return PotentialOptions.make(None, **{k: getattr(args, k) for k in PotentialOptions.__dataclass_fields__
-                                          if k != "rho"})
+                                          if k not in ("rho", "tail_sigma")})
 
 
 def _add_potential(sub) -> None:

@@ -87,12 +87,12 @@ class PotentialOptions:
                 :func:`potential`): q = -log N(x(sigma_c); m, Sigma + sigma_c^2 I) - int_{sigma_min}^{sigma_c}.
     """
 
-    solver: str = "dopri5"  # BENCHMARKS.md "potential": the fewest evaluations at <= 1e-3 nats/dim
+    solver: str = "tsit5"  # BENCHMARKS.md "potential": <= 1e-3 nats/dim on every benchmark prior, fewest NFE
     steps: int = 128  # heun only
     rho: float = 7.0  # heun only: EDM's schedule exponent
     rtol: float = 1e-4
     atol: float = 1e-4
-    control: str = "q"
+    control: str = "state"  # "q" is cheaper on trained priors but trusts (z - D) / sigma^2 to be a gradient
     divergence: str = "hutchinson"
     probe: str = "rademacher"
     n_probes: int = 2  # >= 2: a standard error exists
@@ -488,7 +488,7 @@ def potential(
         x: (B, C, H, W) images in [0, 1]; their dtype is the ODE state's dtype (the divergence integral is float64).
         labels: passed unchanged to the denoiser (class-conditional networks).
         options: a :class:`PotentialOptions` (or a dict of its fields); None gives the defaults, chosen in
-            BENCHMARKS.md ("potential"): dopri5 with the error controlled on q, 2 Rademacher probes.
+            BENCHMARKS.md ("potential"): Tsitouras 5(4) at rtol = atol = 1e-4, 2 Rademacher probes.
         **overrides: any field of :class:`PotentialOptions` (``solver="heun", steps=64``, ``rtol=1e-5``, ...),
             replacing the one of ``options``.
         item_ids: the items' ids for the probes (see :func:`make_probes`), default arange(B). The same probe is
