@@ -12,9 +12,14 @@ and the instantaneous change of variables gives the log-density along the path:
 
 The end-point density p_{sigma_max} is replaced by N(0, sigma_max^2 I): this ignores the data's mean and covariance,
 an error of about |mean| / sigma_max nats per dimension (PAPER.md); :func:`gaussian_flow_potential` computes, for
-a Gaussian prior, the exact value the ODE converges to, which separates this error from the solver's.
+a Gaussian prior, the exact value the ODE converges to, which separates this error from the solver's. Optionally
+(``tail_sigma``) the path above a level sigma_c is replaced by the closed form of a Gaussian of the data, which
+removes that bias and the evaluations above sigma_c -- exact only where that Gaussian is the prior (BENCHMARKS.md).
 
-Both solvers integrate in s = ln sigma, where the equations read dz/ds = z - D(z, e^s) and
+How q is computed is one frozen :class:`PotentialOptions` (solver, tolerances, what the step size controls, probes,
+seed), shared by this module, :func:`diractrap.sweeps.sweep`, :func:`diractrap.deconv.statement1` and the CLI.
+
+All solvers integrate in s = ln sigma, where the equations read dz/ds = z - D(z, e^s) and
 d(ell)/ds = N - div D: the Jacobian of the drift, I - dD/dz, has eigenvalues in [0, 1] for any MMSE denoiser of a
 Gaussian, so the problem is not stiff on this scale (score_sde's VE time t is the same variable up to an affine
 map). The divergence integral ell is carried in float64 alongside the state, whose dtype is the image's.
@@ -22,8 +27,9 @@ map). The divergence integral ell is carried in float64 alongside the state, who
 Units: the denoiser works in its native range and sigma units; the result is converted once, at the end, to nats
 for images in [0, 1]: for a prior on [-1, 1] (z = 2x - 1), q(x) = q_native(2x - 1) - N ln 2.
 
-Sections: the result; probes (per-item generators, common random numbers); the drift and its divergence; the
-solvers (Heun on EDM's rho-schedule, Dormand-Prince 5(4)); the public entry point; the Gaussian oracle.
+Sections: the options; the result; probes (per-item generators, common random numbers); the drift and its
+divergence; the solvers (Heun on EDM's rho-schedule; adaptive Dormand-Prince and Tsitouras 5(4) pairs, with the
+error controlled on the state or on q); the public entry point; the Gaussian oracle.
 """
 
 from __future__ import annotations
