@@ -162,7 +162,7 @@ def main(argv=None) -> int:
     if args.cpu_smoke:
         device, tiny = "cpu", True
         batches, repeats, pot_batch = args.batches or [1, 2], args.repeats or 2, args.potential_batch or 2
-        pot_options = {"steps": 4}  # a few steps: the smoke test checks the plumbing, not the numbers
+        pot_options = {"solver": "heun", "steps": 4}  # a few steps: the smoke test checks the plumbing only
     elif torch.cuda.is_available():
         device, tiny = "cuda", False
         batches, repeats, pot_batch = args.batches or [1, 8, 32], args.repeats or 10, args.potential_batch or 8

@@ -1,15 +1,15 @@
 """Accuracy and cost of the ODE potential: our solvers against score_sde's likelihood recipe, on the same images.
 
-Usage: .venv/bin/python benchmarks/potential.py [--quick] [--ncsnpp] [--threads 1] [--json OUT.json]
-(~7 min; --quick ~10 s; --ncsnpp adds score_sde's tiny NCSN++ from ../shared/golden, ~4 min)
+Usage: .venv/bin/python benchmarks/potential.py [--quick] [--ncsnpp] [--priors gaussian demo network]
+       [--threads 1] [--json OUT.json]      (~15 min on a loaded 2-core machine; --quick ~10 s; --ncsnpp ~5 min)
 
-Two priors at the demo workflow's size (32 x 32 x 3):
+Priors at the demo workflow's size (32 x 32 x 3):
 - gaussian: the stationary Gaussian fitted to the demo training crops (sigma in [0.001, 40] on [0, 1]); the
   converged value is the closed form of the flow for the same probe (potential.gaussian_flow_potential);
-- network: the demo architecture (EDM DDPM++ SongUNet, ~1.7 M parameters, [-1, 1], sigma in [0.002, 80]) with
-  random weights, every parameter perturbed by 0.05 N(0, 1) as in shared/golden (a fresh initialisation has
-  zero output layers, i.e. a trivial denoiser); the converged value is a dopri5 solve at rtol = atol = 1e-7
-  (1e-6 is within 1e-5 nats/dim of 1e-8 on this network, measured).
+- demo: the trained demo prior (EDM DDPM++ SongUNet, ~1.7 M parameters, [-1, 1], sigma in [0.002, 80]); the
+  converged value is a dopri5 solve with state control at rtol = atol = --network-ref (1e-6);
+- network (--priors network): the same architecture with random weights, every parameter perturbed by
+  0.05 N(0, 1) as in shared/golden (the table of issue 2); also measures the solver's overhead.
 The batch: 3 demo test crops, then crop 1 blurred by Gaussians of std 0.5, 1, 2 px (reflect boundary) -- the
 Claim-1 sweep in miniature: the blurred images reuse crop 1's probe (common random numbers), and "diff error" is
 the largest relative error of the steps q(h_theta * x) - q(h_theta' * x) between consecutive thetas.
@@ -19,9 +19,12 @@ Reference ("score_sde"): what score_sde's likelihood and the paper's authors do 
 rtol = atol = 1e-5, the state [x, log p] flattened to a float64 numpy vector and copied to a float32 tensor at
 every evaluation, VE time t in [0, 1] with sigma(t) = sigma_min (sigma_max / sigma_min)^t, one probe, batch 1.
 
-Reported per configuration: denoiser evaluations (NFE), seconds per image, and the error |q - q_ref| / N in
-nats per dimension (max over images). "overhead" compares a batched Heun solve with NFE x the bare cost of one
-network forward + VJP at the same batch size. Numbers go into BENCHMARKS.md ("potential").
+Configurations: "state" / "q" = what the adaptive step controls (potential.PotentialOptions.control; under "q"
+atol is in nats/dim); "+ tail s" = the path above sigma = s ([0, 1] units) in closed form from the Gaussian fitted
+to the demo training crops (exact for the gaussian prior; for the network, the error column is then the mismatch
+of that Gaussian against the network above s, end-point bias included); "default" = PotentialOptions().
+Reported: denoiser evaluations (NFE), seconds per image, and the error |q - q_ref| / N in nats per dimension (max
+over images). Numbers go into BENCHMARKS.md ("potential").
 """
 
 from __future__ import annotations
@@ -145,66 +148,96 @@ def timed(fn):
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def run_prior(name, denoiser, x, ids, args) -> list[dict]:
+# (label, options): every solve of a prior's table, on the batch of 6 with one shared probe per image
+FULL = [
+    ("heun 128 steps (former default)", dict(solver="heun", steps=128)),
+    ("dopri5 state 1e-5 (former configs)", dict(solver="dopri5", control="state", rtol=1e-5, atol=1e-5)),
+    ("dopri5 state 1e-4", dict(solver="dopri5", control="state", rtol=1e-4, atol=1e-4)),
+    ("tsit5 state 1e-4", dict(solver="tsit5", control="state", rtol=1e-4, atol=1e-4)),
+    ("dopri5 q 3e-4", dict(solver="dopri5", control="q", rtol=0, atol=3e-4)),
+    ("tsit5 q 3e-4", dict(solver="tsit5", control="q", rtol=0, atol=3e-4)),
+    ("tsit5 q 1e-3", dict(solver="tsit5", control="q", rtol=0, atol=1e-3)),
+    ("default", {}),
+]
+TAILS = [  # the path above sigma_c ([0, 1] units) in closed form from the fitted Gaussian of the demo training crops
+    ("tsit5 q 1e-3 + tail 1", dict(solver="tsit5", control="q", rtol=0, atol=1e-3, tail_sigma=1.0)),
+    ("tsit5 q 3e-4 + tail 1", dict(solver="tsit5", control="q", rtol=0, atol=3e-4, tail_sigma=1.0)),
+    ("tsit5 q 1e-3 + tail 2", dict(solver="tsit5", control="q", rtol=0, atol=1e-3, tail_sigma=2.0)),
+    ("tsit5 q 1e-3 + tail 5", dict(solver="tsit5", control="q", rtol=0, atol=1e-3, tail_sigma=5.0)),
+]
+QUICK = [("heun 32 steps", dict(solver="heun", steps=32)), ("heun 64 steps", dict(solver="heun", steps=64)),
+         ("dopri5 state 1e-3", dict(solver="dopri5", control="state", rtol=1e-3, atol=1e-3)),
+         ("dopri5 state 1e-4", dict(solver="dopri5", control="state", rtol=1e-4, atol=1e-4)),
+         ("tsit5 q 1e-3", dict(solver="tsit5", control="q", rtol=0, atol=1e-3)),
+         ("tsit5 q 1e-4", dict(solver="tsit5", control="q", rtol=0, atol=1e-4)), ("default", {})]
+
+
+def run_prior(name, denoiser, x, ids, args, tail=None) -> list[dict]:
+    """One table: the reference recipe (batch 1), the former and new defaults and the variants, on one prior."""
     B, N = x.shape[0], x[0].numel()
     eps = make_probes(x.shape, 1, seed=0, item_ids=ids)  # one Rademacher probe per item, shared by every solver
     if name == "gaussian":
         q_ref = gaussian_flow_potential(denoiser, x, probes=eps)
         ref_note = "closed form"
     else:
-        res_ref, t_ref = timed(lambda: potential(denoiser, x, solver="dopri5", rtol=1e-7, atol=1e-7, probes=eps))
+        tol = args.network_ref
+        res_ref, t_ref = timed(lambda: potential(denoiser, x, solver="dopri5", control="state", rtol=tol, atol=tol,
+                                                 probes=eps))
         q_ref = res_ref.q
-        ref_note = f"dopri5 1e-7 ({res_ref.nfe} NFE, {t_ref:.0f} s)"
+        ref_note = f"dopri5 state {tol:g} ({res_ref.nfe} NFE, {t_ref:.0f} s)"
     step_ref = q_ref[SWEEP].diff()
-    print(f"\n## {name}: {B} images 32x32x3, reference = {ref_note}; steps of q along the sweep "
-          f"{[round(v, 1) for v in step_ref.tolist()]} nats", flush=True)
+    print(f"\n## {name}: {B} images {'x'.join(map(str, x.shape[1:]))}, reference = {ref_note}; steps of q along the "
+          f"sweep {[round(v, 1) for v in step_ref.tolist()]} nats", flush=True)
     rows = []
 
-    def record(label, batch, nfe, seconds, q, idx):
-        err = float(((q - q_ref[idx]).abs() / N).max())
+    def record(label, batch, nfe, seconds, q, idx, ref=q_ref):
+        err = float(((q - ref[idx]).abs() / N).max())
         row = dict(prior=name, config=label, batch=batch, nfe=nfe, s_per_image=seconds / len(idx), err_per_dim=err)
         diff = ""
         if len(idx) == B:
-            row["diff_rel_err"] = float(((q[SWEEP].diff() - step_ref) / step_ref).abs().max())
+            step = ref[SWEEP].diff()
+            row["diff_rel_err"] = float(((q[SWEEP].diff() - step) / step).abs().max())
             diff = f"{row['diff_rel_err']:.1e}"
         rows.append(row)
-        print(f"| {label:<28} | {batch:>2} | {nfe:>5} | {row['s_per_image']:8.3f} | {err:.1e} | {diff:>7} |",
+        print(f"| {label:<34} | {batch:>2} | {nfe:>5} | {row['s_per_image']:8.3f} | {err:.1e} | {diff:>7} |",
               flush=True)
 
     print("| solver | batch | NFE | s / image | error (nats/dim) | diff error |\n|---|---|---|---|---|---|")
-    heun_steps = (16, 32, 64) if args.quick else (32, 64, 128, 256)
-    tols = (1e-3, 1e-4) if args.quick else (1e-3, 1e-4, 1e-5, 1e-6)
-    for steps in heun_steps:
-        res, t = timed(lambda: potential(denoiser, x, steps=steps, probes=eps))
-        record(f"heun {steps} steps (rho 7)", B, res.nfe, t, res.q, list(range(B)))
-    if not args.quick:
-        for steps in (128,):
-            res, t = timed(lambda: potential(denoiser, x, steps=steps, rho=math.inf, probes=eps))
-            record(f"heun {steps} steps (geometric)", B, res.nfe, t, res.q, list(range(B)))
-    for tol in tols:
-        res, t = timed(lambda: potential(denoiser, x, solver="dopri5", rtol=tol, atol=tol, probes=eps))
-        record(f"dopri5 {tol:g}", B, res.nfe, t, res.q, list(range(B)))
-    # batch 1: the same solvers on image 0 alone
-    for kw, label in ((dict(steps=128), "heun 128 steps (rho 7)"),
-                      (dict(solver="dopri5", rtol=1e-4, atol=1e-4), "dopri5 0.0001"),
-                      (dict(solver="dopri5", rtol=1e-5, atol=1e-5), "dopri5 1e-05")):
-        res, t = timed(lambda: potential(denoiser, x[:1], probes=eps[:1], **kw))
-        record(label, 1, res.nfe, t, res.q, [0])
-    # the reference recipe, batch 1, on the first n_ref images
+    # the reference recipe, batch 1, on the first n_ref images: first, so that its time is measured in the same load
     for i in range(args.n_ref):
         (q, nfe), t = timed(lambda: score_sde_reference(denoiser, x[i : i + 1], eps[i, 0][None]))
         record("score_sde RK45 1e-5 (scipy)", 1, nfe, t, torch.tensor([q], dtype=torch.float64), [i])
+    res, t = timed(lambda: potential(denoiser, x[:1], probes=eps[:1]))
+    record("default", 1, res.nfe, t, res.q, [0])
+    for label, kw in QUICK if args.quick else FULL:
+        res, t = timed(lambda: potential(denoiser, x, probes=eps, **kw))
+        record(label, B, res.nfe, t, res.q, list(range(B)))
+    if tail is not None and not args.quick:
+        for label, kw in TAILS:
+            res, t = timed(lambda: potential(denoiser, x, probes=eps, tail=tail, **kw))
+            ref = q_ref
+            if name == "gaussian":  # the exact value of the tailed estimate: exact q + the probe's term below sigma_c
+                s_c = kw["tail_sigma"]
+                ref = (gaussian_flow_potential(denoiser, x, probes=eps, sigma_max=s_c)
+                       - gaussian_flow_potential(denoiser, x, sigma_max=s_c) + denoiser.potential(x))
+            record(label, B, res.nfe, t, res.q, list(range(B)), ref=ref)
     # overhead of the batched solver over the bare network cost
     if name == "network":
         for b in (1, B):
             bare = bare_cost(denoiser, x[:b])
-            res, t = timed(lambda: potential(denoiser, x[:b], steps=16, probes=eps[:b]))
+            res, t = timed(lambda: potential(denoiser, x[:b], solver="heun", steps=16, probes=eps[:b]))
             over = t / (res.nfe * bare) - 1
             rows.append(dict(prior=name, config="overhead heun 16", batch=b, nfe=res.nfe, bare_s=bare, solve_s=t,
                              overhead=over))
             print(f"overhead, batch {b}: bare forward+VJP {bare * 1e3:.1f} ms, solve {t:.2f} s for {res.nfe} NFE "
                   f"-> {100 * over:+.1f} %", flush=True)
     return rows
+
+
+NCSNPP = [("dopri5 state 1e-5 (former configs)", dict(solver="dopri5", control="state", rtol=1e-5, atol=1e-5)),
+          ("tsit5 state 1e-4", dict(solver="tsit5", control="state", rtol=1e-4, atol=1e-4)),
+          ("tsit5 q 1e-3", dict(solver="tsit5", control="q", rtol=0, atol=1e-3)),
+          ("default", {})]
 
 
 def run_golden_ncsnpp(args) -> list[dict]:
@@ -232,13 +265,11 @@ def run_golden_ncsnpp(args) -> list[dict]:
     print(f"| score_sde RK45 1e-5 (recorded) |  2 | {meta['tol1e-5']['nfe']:>5} | "
           f"{meta['tol1e-5']['solve_time_s'] / 2:8.3f} | {float(((coarse - fine).abs() / N).max()):.1e} |")
     rows = []
-    for kw in (dict(steps=128), dict(steps=256), dict(solver="dopri5", rtol=1e-4, atol=1e-4),
-               dict(solver="dopri5", rtol=1e-5, atol=1e-5)):
+    for label, kw in NCSNPP:
         res, t = timed(lambda: potential(den, x, probes=eps, sigma_min=sigma_start, sigma_max=sde["sigma_max"], **kw))
-        label = f"heun {kw['steps']} steps" if "steps" in kw else f"dopri5 {kw['rtol']:g}"
         err = float(((res.q - fine).abs() / N).max())
         rows.append(dict(prior="ncsnpp-tiny", config=label, batch=2, nfe=res.nfe, s_per_image=t / 2, err_per_dim=err))
-        print(f"| {label:<30} |  2 | {res.nfe:>5} | {t / 2:8.3f} | {err:.1e} |", flush=True)
+        print(f"| {label:<34} |  2 | {res.nfe:>5} | {t / 2:8.3f} | {err:.1e} |", flush=True)
     return rows
 
 
@@ -248,6 +279,10 @@ def main():
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1: stable timings on a shared machine)")
     ap.add_argument("--n-ref", type=int, default=1, help="images solved by the scipy reference (batch 1 each)")
     ap.add_argument("--ncsnpp", action="store_true", help="also score_sde's tiny NCSN++ from ../shared/golden (~4 min)")
+    ap.add_argument("--priors", nargs="+", default=["gaussian", "demo"], choices=["gaussian", "demo", "network"],
+                    help="gaussian (closed form), demo (the trained demo prior), network (the demo architecture with "
+                    "random weights)")
+    ap.add_argument("--network-ref", type=float, default=1e-6, help="tolerance of the networks' reference solve")
     ap.add_argument("--json", default=None, help="write the rows and the machine description here")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -256,9 +291,17 @@ def main():
                    torch=torch.__version__, load=os.getloadavg())
     print(machine)
     x, ids = benchmark_batch()
-    rows = run_prior("gaussian", gaussian_prior(), x, ids, args)
-    if not args.quick:
-        rows += run_prior("network", random_network(), x, ids, args)
+    fitted = gaussian_prior()  # the stationary Gaussian of the demo training crops: a prior, and the demo's tail
+    rows = []
+    for name in ["gaussian"] if args.quick else args.priors:
+        if name == "gaussian":
+            rows += run_prior("gaussian", fitted, x, ids, args, tail=fitted)
+        elif name == "demo":
+            from diractrap.models import get_denoiser
+
+            rows += run_prior("demo", get_denoiser("demo"), x, ids, args, tail=fitted)
+        else:
+            rows += run_prior("network", random_network(), x, ids, args)
     if args.ncsnpp:
         rows += run_golden_ncsnpp(args)
     if args.json:

@@ -50,9 +50,9 @@ def test_paper_potential_settings_are_its_own():
     config = resolved("demo.yaml", "paper.yaml")
     own = load("paper.yaml")["sweep"]["potential"]
     schema = yaml.safe_load((ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text())
-    assert set(own) == set(schema["$defs"]["potential"]["required"])  # every setting stated, none inherited
-    assert config["sweep"]["potential"] == own
-    assert (own["solver"], own["rtol"], own["atol"]) == ("dopri5", 1e-5, 1e-5)  # score_sde's tolerances
+    assert set(own) >= set(schema["$defs"]["potential"]["required"])  # every required setting stated ...
+    assert config["sweep"]["potential"] == own  # ... and none inherited from the demo
+    assert (own["rtol"], own["atol"]) == (1e-5, 1e-5)  # score_sde's tolerances (the library's 1e-4 is the demo's)
 
 
 @pytest.mark.parametrize("name", ["demo.yaml", "paper.yaml"])

@@ -33,6 +33,29 @@ def test_fig3_draws_the_mean_of_q_relative_to_theta_0(tmp_path):
     assert pdf.read_bytes()[:4] == b"%PDF" and png.read_bytes()[:4] == b"\x89PNG"
 
 
+def test_fig3_draws_the_baselines_as_styled_curves_in_the_legend():
+    diff = _table().assign(prior="diffusion")
+    tv = _table(seed=1).assign(prior="tv")
+    gauss = _table(seed=2).assign(prior="gaussian")
+    fig = figures.fig3([("panel", pd.concat([diff, tv, gauss], ignore_index=True))])
+    lines = {line.get_label(): line for line in fig.axes[0].get_lines()}
+    for family in ("gaussian", "motion"):
+        for name, df, style in (("total variation", tv, ":"), ("fitted stationary Gaussian", gauss, "--")):
+            line = next(v for k, v in lines.items() if k.startswith(f"{family}, {name}"))
+            g = df[df.family == family]
+            q0 = g[g.theta == 0].set_index("item")["q"]
+            expected = [(g[g.theta == t].set_index("item")["q"] - q0).mean() for t in (0.0, 1.0, 2.0)]
+            np.testing.assert_allclose(line.get_ydata(), expected, rtol=1e-12)
+            assert line.get_linestyle() == style
+        # the diffusion curve is computed from the diffusion rows alone
+        g = diff[diff.family == family]
+        q0 = g[g.theta == 0].set_index("item")["q"]
+        np.testing.assert_allclose(lines[family].get_ydata(),
+                                   [(g[g.theta == t].set_index("item")["q"] - q0).mean() for t in (0.0, 1.0, 2.0)])
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert {"diffusion prior", "fitted stationary Gaussian", "total variation λ·TV"} <= set(legend)
+
+
 def test_saved_pdf_is_identical_on_rerun(tmp_path):
     a = figures.save(figures.fig3([("p", _table())]), tmp_path / "a.pdf")[0].read_bytes()
     b = figures.save(figures.fig3([("p", _table())]), tmp_path / "b.pdf")[0].read_bytes()

@@ -299,8 +299,9 @@ def test_potential_reproduces_score_sde_likelihood(one_thread):
     # score_sde integrates its VE time from t = eps, i.e. from sigma(eps) = sigma_min (sigma_max / sigma_min)^eps,
     # to t = 1 (sigma_max), with one Rademacher probe for the whole solve and RK45 at rtol = atol = 1e-5
     sigma_start = sde["sigma_min"] * (sde["sigma_max"] / sde["sigma_min"]) ** coarse["eps"]
-    res = potential.potential(den, lik["data"], solver="dopri5", rtol=coarse["rtol"], atol=coarse["atol"],
-                              probes=lik["epsilon"][:, None], sigma_min=sigma_start, sigma_max=float(sde["sigma_max"]))
+    res = potential.potential(den, lik["data"], solver="dopri5", control="state", rtol=coarse["rtol"],
+                              atol=coarse["atol"], probes=lik["epsilon"][:, None], sigma_min=sigma_start,
+                              sigma_max=float(sde["sigma_max"]))
     # the accuracy one can expect: how much score_sde's own answer moves from rtol 1e-5 to 1e-7 (0.65, 0.12 nats)
     sensitivity = torch.tensor(meta["nll_nats_abs_diff_tol1e-5_vs_tol1e-7"], dtype=torch.float64)
     q = res.q.double()

@@ -37,8 +37,8 @@ def _reflect_blur(x, h):
 
 def test_table_matches_the_closed_form_flow_potential(prior, images):
     thetas = [0.0, 0.6, 1.2]
-    df = sweep(prior, images, "gaussian", thetas, kernel_size=K, solver="dopri5", rtol=1e-4, atol=1e-4,
-               divergence="exact", model="gauss")
+    df = sweep(prior, images, "gaussian", thetas, kernel_size=K, solver="dopri5", control="state", rtol=1e-4,
+               atol=1e-4, divergence="exact", model="gauss")
     assert list(df.columns) == COLUMNS and len(df) == 9
     for t in thetas:
         rows = df[df.theta == t].sort_values("item")
@@ -52,21 +52,21 @@ def test_table_matches_the_closed_form_flow_potential(prior, images):
 
 def test_common_probes_and_batching(prior, images):
     thetas = [0.0, 1.0]
-    kw = dict(kernel_size=K, steps=8, n_probes=2, seed=5)
+    kw = dict(kernel_size=K, solver="heun", steps=8, n_probes=2, seed=5)
     a = sweep(prior, images, "motion", thetas, angle=45, batch_size=1, item_ids=[10, 11, 12], **kw)
     b = sweep(prior, images, "motion", thetas, angle=45, batch_size=5, item_ids=[10, 11, 12], **kw)
     # per-item probes and a fixed grid: the batch composition changes nothing but float summation order
     np.testing.assert_allclose(a.q.to_numpy(), b.q.to_numpy(), rtol=1e-12, atol=1e-9)
     # each row equals a direct solve of that blurred image with the probes of its item (common random numbers)
     h = kernels.kernel("motion", 1.0, K, angle=45, dtype=torch.float64)
-    direct = potential(prior, _reflect_blur(images[1:2], h), steps=8, n_probes=2, seed=5, item_ids=[11])
+    direct = potential(prior, _reflect_blur(images[1:2], h), solver="heun", steps=8, n_probes=2, seed=5, item_ids=[11])
     row = a[(a.item == 11) & (a.theta == 1.0)]
     np.testing.assert_allclose(row.q.to_numpy(), direct.q.numpy(), rtol=1e-12, atol=1e-9)
     assert (a.angle == 45).all() and (a.n_probes == 2).all() and (a.steps == 8).all()
 
 
 def test_chunks_merge_into_the_full_sweep_and_relative_potentials(prior, images):
-    kw = dict(kernel_size=K, steps=6, seed=1)
+    kw = dict(kernel_size=K, solver="heun", steps=6, seed=1)
     full = sweep(prior, images, "defocus", [0.0, 1.0, 2.0], **kw)
     parts = [sweep(prior, images[i : i + 2], "defocus", [0.0, 1.0, 2.0], item_ids=range(i, min(i + 2, 3)), **kw)
              for i in (0, 2)]
@@ -99,9 +99,10 @@ def test_cli_sweep_writes_the_table_of_the_library_call(tmp_path):
     files = [save_image(x[i], tmp_path / f"{i}.png") for i in range(2)]
     out = tmp_path / "t.csv"
     argv = ["sweep", *map(str, files), "--model", "gaussian-demo", "--family", "airy", "--thetas", "0", "1.5",
-            "--steps", "4", "--n-probes", "1", "--out", str(out), "--no-progress"]
+            "--solver", "heun", "--steps", "4", "--n-probes", "1", "--out", str(out), "--no-progress"]
     assert main(argv) == 0
     got = pd.read_csv(out)
-    ref = sweep(get_denoiser("gaussian-demo"), x, "airy", [0, 1.5], steps=4, n_probes=1)  # PNG: 8-bit exact
+    ref = sweep(get_denoiser("gaussian-demo"), x, "airy", [0, 1.5], solver="heun", steps=4,
+                n_probes=1)  # PNG: 8-bit exact
     np.testing.assert_allclose(got.q.to_numpy(), ref.q.to_numpy(), rtol=1e-12)
     assert got.image.tolist() == [str(f) for f in files for _ in range(2)]

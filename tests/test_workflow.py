@@ -171,7 +171,9 @@ def test_demo_writes_five_figures_and_the_statement1_table(demo):
     assert {"run", "start", "kernel_error", "final_grad_x_rel", "max_step_L"} <= set(a1.columns)
     table = pd.read_parquet(demo / "results/potential/demo.parquet")
     n_thetas = sum(len(f["thetas"]) for f in config["sweep"]["families"])
-    assert len(table) == config["image_sets"]["demo32"]["count"] * n_thetas
+    n_priors = 1 + len(config["sweep"].get("baselines", []))  # the diffusion prior's rows and each baseline's
+    assert len(table) == config["image_sets"]["demo32"]["count"] * n_thetas * n_priors
+    assert set(table["prior"]) == {"diffusion", *config["sweep"].get("baselines", [])}
     assert not list(demo.rglob("*.part"))  # no temporary file left behind
     assert "Nothing to be done" in snakemake(demo, "-n").stdout
 

@@ -369,13 +369,7 @@ def _add_sweep(sub) -> None:
     p.add_argument("--kernel-size", type=int, default=21, help="K (paper: 21)")
     p.add_argument("--boundary", default="reflect", choices=["reflect", "replicate", "circular", "zeros"])
     p.add_argument("--labels", default="none", help="none, dataset (an image set's classes) or a class index")
-    p.add_argument("--solver", default="heun", choices=["heun", "dopri5"])
-    p.add_argument("--steps", type=int, default=64, help="Heun steps")
-    p.add_argument("--rtol", type=float, default=1e-5, help="dopri5 tolerance")
-    p.add_argument("--atol", type=float, default=1e-5, help="dopri5 tolerance")
-    p.add_argument("--divergence", default="hutchinson", choices=["hutchinson", "exact"])
-    p.add_argument("--n-probes", type=int, default=2)
-    p.add_argument("--seed", type=int, default=0)
+    _add_potential_options(p, probes_flag="--n-probes")
     p.add_argument("--batch-size", type=int, default=16, help="(image, theta) pairs per ODE solve")
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", required=True, help="output table (.parquet or .csv)")
@@ -402,9 +396,8 @@ def _run_sweep(args) -> int:
     denoiser = get_denoiser(args.model, device=args.device)
     table = sweep(denoiser, x.to(args.device), args.family, args.thetas, names=names,
                   labels=class_labels(mode, labels), angle=args.angle, kernel_size=args.kernel_size,
-                  boundary=args.boundary, batch_size=args.batch_size, model=args.model, solver=args.solver,
-                  steps=args.steps, rtol=args.rtol, atol=args.atol, divergence=args.divergence,
-                  n_probes=args.n_probes, seed=args.seed, progress=not args.no_progress)
+                  boundary=args.boundary, batch_size=args.batch_size, model=args.model,
+                  options=_potential_options(args), progress=not args.no_progress)
     with atomic_path(args.out) as tmp:
         table.to_csv(tmp, index=False) if args.out.endswith(".csv") else table.to_parquet(tmp, index=False)
     print(table[["image", "theta", "q", "stderr"]].to_string(index=False))
@@ -419,23 +412,40 @@ COMMANDS.append(_add_sweep)
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _add_potential(sub) -> None:
-    from .potential import PROBES, SOLVERS
+def _add_potential_options(p, probes_flag: str) -> None:
+    """The fields of potential.PotentialOptions as flags; an absent flag keeps the library's default."""
+    from .potential import CONTROLS, DIVERGENCES, PROBES, SOLVERS, PotentialOptions
 
+    d = PotentialOptions()
+    p.add_argument("--solver", default=None, choices=SOLVERS, help=f"ODE solver (default {d.solver})")
+    p.add_argument("--steps", type=int, default=None, help=f"Heun steps (default {d.steps})")
+    p.add_argument("--rtol", type=float, default=None, help=f"adaptive relative tolerance (default {d.rtol:g})")
+    p.add_argument("--atol", type=float, default=None,
+                   help=f"adaptive absolute tolerance, nats/dim under --control q (default {d.atol:g})")
+    p.add_argument("--control", default=None, choices=CONTROLS,
+                   help=f"what the adaptive step size controls: q or the whole state (default {d.control})")
+    p.add_argument("--divergence", default=None, choices=DIVERGENCES, help=f"(default {d.divergence})")
+    p.add_argument("--probe", default=None, choices=PROBES, help=f"Hutchinson probe kind (default {d.probe})")
+    p.add_argument(probes_flag, dest="n_probes", type=int, default=None,
+                   help=f"Hutchinson probes per image, >= 2 gives a stderr (default {d.n_probes})")
+    p.add_argument("--seed", type=int, default=None, help=f"probe seed (default {d.seed})")
+
+
+def _potential_options(args):
+    from .potential import PotentialOptions
+
+    return PotentialOptions.make(None, **{k: getattr(args, k) for k in PotentialOptions.__dataclass_fields__
+                                          if k not in ("rho", "tail_sigma")})
+
+
+def _add_potential(sub) -> None:
     p = sub.add_parser("potential", help="potential q(x) = -log p(x) of images under a prior (nats, [0, 1] pixels)",
                        description="Compute q(x) for each image through the probability-flow ODE and print one "
                        "line per image (or --json). Images are used at their own size unless --size is given.")
     p.add_argument("images", nargs="+", help="image files (PNG/JPEG) of one size, values read in [0, 1]")
     p.add_argument("--model", required=True, help="registered prior name or checkpoint path")
     p.add_argument("--size", type=int, default=None, help="resize the shorter side to SIZE and centre-crop")
-    p.add_argument("--solver", default="heun", choices=SOLVERS)
-    p.add_argument("--steps", type=int, default=None, help="Heun steps (default: the library's)")
-    p.add_argument("--rtol", type=float, default=None, help="dopri5 relative tolerance (default: the library's)")
-    p.add_argument("--atol", type=float, default=None, help="dopri5 absolute tolerance (default: the library's)")
-    p.add_argument("--divergence", default="hutchinson", choices=["hutchinson", "exact"])
-    p.add_argument("--probe", default="rademacher", choices=PROBES)
-    p.add_argument("--probes", type=int, default=2, help="Hutchinson probes per image (>= 2 gives a stderr)")
-    p.add_argument("--seed", type=int, default=0)
+    _add_potential_options(p, probes_flag="--probes")
     p.add_argument("--label", type=int, default=None, help="class index for a class-conditional prior")
     p.add_argument("--batch-size", type=int, default=16, help="images per ODE solve")
     p.add_argument("--device", default="cpu")
@@ -460,14 +470,13 @@ def _run_potential(args) -> int:
         raise ValueError(f"images have different sizes {shapes}: pass --size to resize and crop them to one")
     x = torch.stack(x).to(args.device)
     denoiser = get_denoiser(args.model, device=args.device)
-    options = {k: v for k, v in dict(steps=args.steps, rtol=args.rtol, atol=args.atol).items() if v is not None}
+    options = _potential_options(args)
     records = []
     for start in range(0, len(x), args.batch_size):
         ids = list(range(start, min(start + args.batch_size, len(x))))  # item id = position on the command line
         labels = None if args.label is None else torch.full((len(ids),), args.label, device=args.device)
-        res = potential(denoiser, x[ids], labels=labels, solver=args.solver, divergence=args.divergence,
-                        probe=args.probe, n_probes=args.probes, seed=args.seed, item_ids=ids,
-                        progress=not args.no_progress, **options)
+        res = potential(denoiser, x[ids], labels=labels, options=options, item_ids=ids,
+                        progress=not args.no_progress)
         for k, i in enumerate(ids):
             se = float(res.stderr[k])
             records.append(dict(image=args.images[i], q=float(res.q[k]), stderr=None if math.isnan(se) else se,

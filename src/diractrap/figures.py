@@ -107,6 +107,7 @@ def fig1(table: pd.DataFrame, images, *, item: int, thetas, family: str = "gauss
     from .kernels import kernel
 
     use_style()
+    table = _diffusion_rows(table)
     rows = table[(table["item"] == item) & (table["family"] == family)].sort_values("theta")
     if rows.empty:
         raise ValueError(f"the table has no rows for image {item} and family {family!r}")
@@ -167,9 +168,21 @@ def fig2(gallery: dict):
 # ---------------------------------------------------------------------------------------------------------------
 
 
+BASELINE_STYLES = {"gaussian": ("--", "fitted stationary Gaussian"), "tv": (":", "total variation λ·TV")}
+
+
+def _diffusion_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """The diffusion prior's rows of a sweep table (all rows of a table without a ``prior`` column)."""
+    return df[df["prior"] == "diffusion"] if "prior" in df else df
+
+
 def fig3(panels, *, relative: bool = True, band=(0.1, 0.9), ncols: int = 2):
     """``panels``: a list of (title, sweep table). Each panel: per family, the mean over images of
-    q(h_theta * x) - q(x) (``relative``, nats) or of q, with a band between the ``band`` quantiles over images."""
+    q(h_theta * x) - q(x) (``relative``, nats) or of q, with a band between the ``band`` quantiles over images.
+    Baseline rows of the table (``prior`` "gaussian", "tv": :func:`diractrap.sweeps.baseline_sweep`) are drawn as
+    their mean over the same images, in the family's colour, dashed (fitted Gaussian) or dotted (TV)."""
+    from matplotlib.lines import Line2D
+
     from .kernels import FAMILIES
     from .sweeps import relative as dq
 
@@ -178,16 +191,26 @@ def fig3(panels, *, relative: bool = True, band=(0.1, 0.9), ncols: int = 2):
     ncols = min(ncols, n)
     nrows = -(-n // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(WIDTH * ncols / 2, 2.3 * nrows), squeeze=False)
+    families, baselines = [], set()
     for ax, (title, df) in zip(axes.flat, panels):
         df = df.assign(value=dq(df) if relative else df["q"])
-        present = set(df["family"])
+        main = _diffusion_rows(df)
+        present = set(main["family"])
         for k, family in enumerate(f for f in (*FAMILIES, *sorted(present - set(FAMILIES))) if f in present):
-            stats = df[df["family"] == family].groupby("theta")["value"]
+            stats = main[main["family"] == family].groupby("theta")["value"]
             mean = stats.mean()
             lo, hi = stats.quantile(band[0]), stats.quantile(band[1])
             ax.plot(mean.index, mean.to_numpy(), marker="o", color=f"C{k}", label=family)
             ax.fill_between(mean.index, lo.to_numpy(), hi.to_numpy(), color=f"C{k}", alpha=0.18, lw=0)
-        images = df["item"].nunique()
+            for name, (style, label) in BASELINE_STYLES.items():
+                rows = df[(df["prior"] == name) & (df["family"] == family)] if "prior" in df else df.iloc[:0]
+                if len(rows):
+                    base = rows.groupby("theta")["value"].mean()
+                    ax.plot(base.index, base.to_numpy(), ls=style, lw=1.0, color=f"C{k}", label=f"{family}, {label}")
+                    baselines.add(name)
+            if family not in families:
+                families.append(family)
+        images = main["item"].nunique()
         ax.set_title(f"{title} ({images} images)")
         ax.set_xlabel("θ (pixels)")
         ax.set_ylabel("q(h_θ ⋆ x) − q(x)  [nats]" if relative else "q(h_θ ⋆ x)  [nats]")
@@ -195,9 +218,15 @@ def fig3(panels, *, relative: bool = True, band=(0.1, 0.9), ncols: int = 2):
             ax.axhline(0, color="0.5", lw=0.6)
     for ax in axes.flat[n:]:
         ax.axis("off")
-    handles, labels = axes.flat[0].get_legend_handles_labels()
-    fig.tight_layout(rect=(0, 0.07, 1, 1))
-    fig.legend(handles, labels, loc="lower center", ncol=len(labels))  # one legend under all panels
+    # one legend under all panels: a colour per family, a line style per prior
+    handles = [Line2D([], [], color=f"C{k}", marker="o", label=f) for k, f in enumerate(families)]
+    if baselines:
+        handles.append(Line2D([], [], color="0.2", ls="-", label="diffusion prior"))
+        handles += [Line2D([], [], color="0.2", ls=BASELINE_STYLES[b][0], label=BASELINE_STYLES[b][1])
+                    for b in BASELINE_STYLES if b in baselines]
+    rows_legend = 2 if baselines else 1
+    fig.tight_layout(rect=(0, 0.07 * rows_legend, 1, 1))
+    fig.legend(handles=handles, loc="lower center", ncol=-(-len(handles) // rows_legend))
     return fig
 
 

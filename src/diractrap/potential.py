@@ -12,9 +12,14 @@ and the instantaneous change of variables gives the log-density along the path:
 
 The end-point density p_{sigma_max} is replaced by N(0, sigma_max^2 I): this ignores the data's mean and covariance,
 an error of about |mean| / sigma_max nats per dimension (PAPER.md); :func:`gaussian_flow_potential` computes, for
-a Gaussian prior, the exact value the ODE converges to, which separates this error from the solver's.
+a Gaussian prior, the exact value the ODE converges to, which separates this error from the solver's. Optionally
+(``tail_sigma``) the path above a level sigma_c is replaced by the closed form of a Gaussian of the data, which
+removes that bias and the evaluations above sigma_c -- exact only where that Gaussian is the prior (BENCHMARKS.md).
 
-Both solvers integrate in s = ln sigma, where the equations read dz/ds = z - D(z, e^s) and
+How q is computed is one frozen :class:`PotentialOptions` (solver, tolerances, what the step size controls, probes,
+seed), shared by this module, :func:`diractrap.sweeps.sweep`, :func:`diractrap.deconv.statement1` and the CLI.
+
+All solvers integrate in s = ln sigma, where the equations read dz/ds = z - D(z, e^s) and
 d(ell)/ds = N - div D: the Jacobian of the drift, I - dD/dz, has eigenvalues in [0, 1] for any MMSE denoiser of a
 Gaussian, so the problem is not stiff on this scale (score_sde's VE time t is the same variable up to an affine
 map). The divergence integral ell is carried in float64 alongside the state, whose dtype is the image's.
@@ -22,8 +27,9 @@ map). The divergence integral ell is carried in float64 alongside the state, who
 Units: the denoiser works in its native range and sigma units; the result is converted once, at the end, to nats
 for images in [0, 1]: for a prior on [-1, 1] (z = 2x - 1), q(x) = q_native(2x - 1) - N ln 2.
 
-Sections: the result; probes (per-item generators, common random numbers); the drift and its divergence; the
-solvers (Heun on EDM's rho-schedule, Dormand-Prince 5(4)); the public entry point; the Gaussian oracle.
+Sections: the options; the result; probes (per-item generators, common random numbers); the drift and its
+divergence; the solvers (Heun on EDM's rho-schedule; adaptive Dormand-Prince and Tsitouras 5(4) pairs, with the
+error controlled on the state or on q); the public entry point; the Gaussian oracle.
 """
 
 from __future__ import annotations
@@ -38,10 +44,11 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .checks import check_count, check_images, check_model_input, check_positive
-from .priors import check_denoiser, range_scale, to_native
+from .checks import check_count, check_images, check_model_input, check_nonnegative, check_positive
+from .priors import check_denoiser, from_native, range_scale, to_native
 
 __all__ = [
+    "PotentialOptions",
     "PotentialResult",
     "potential",
     "make_probes",
@@ -52,13 +59,81 @@ __all__ = [
     "PROBES",
 ]
 
-SOLVERS = ("heun", "dopri5")
+SOLVERS = ("heun", "dopri5", "tsit5")
+CONTROLS = ("q", "state")
 PROBES = ("rademacher", "gaussian")
 DIVERGENCES = ("hutchinson", "exact")
 MAX_EXACT_DIM = 4096  # exact divergence costs N VJPs per evaluation: beyond this, use Hutchinson
 _EXACT_ITEMS_PER_PASS = 512  # replicated images per forward pass of the exact divergence
 _MAX_ADAPTIVE_STEPS = 20_000  # accepted + rejected steps before dopri5 gives up
 BITS_OFFSET_8BIT = 8.0  # log2(256): bits/dim for pixel values on the 8-bit scale, as score_sde reports them
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The options: one frozen object shared by potential, sweeps.sweep, deconv.statement1 and the CLI
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PotentialOptions:
+    """How q(x) is computed. The defaults are the accurate choice measured in BENCHMARKS.md ("potential").
+
+    solver:     "dopri5" (adaptive Dormand-Prince 5(4)), "tsit5" (adaptive Tsitouras 5(4)) or "heun" (fixed grid of
+                ``steps`` steps on EDM's rho-schedule, 2 evaluations each).
+    steps, rho: the Heun grid (ignored by the adaptive solvers).
+    rtol, atol: adaptive tolerances. With ``control = "q"`` the local error of each image's divergence integral
+                (nats) must stay below ``atol * N + rtol * |integral|``: atol is in nats per dimension. With
+                ``control = "state"`` the scaled RMS error of the whole state (image and integral, scale
+                atol + rtol |y|, as scipy and torchdiffeq) is controlled instead.
+    control:    which error the adaptive step size controls: "q" (the quantity reported) or "state".
+    divergence: "hutchinson" (``n_probes`` probes per image; q is their mean, stderr their standard error) or
+                "exact" (N VJPs per evaluation, N <= MAX_EXACT_DIM).
+    probe, n_probes, seed: the Hutchinson probes (:func:`make_probes`); n_probes >= 2 gives a standard error.
+    tail_sigma: None (integrate to sigma_max, end point N(0, sigma_max^2 I)) or a noise level in units of [0, 1]
+                images above which the path is replaced by the closed form of a Gaussian of the data (``tail=`` of
+                :func:`potential`): q = -log N(x(sigma_c); m, Sigma + sigma_c^2 I) - int_{sigma_min}^{sigma_c}.
+    """
+
+    solver: str = "tsit5"  # BENCHMARKS.md "potential": <= 1e-3 nats/dim on every benchmark prior, fewest NFE
+    steps: int = 128  # heun only
+    rho: float = 7.0  # heun only: EDM's schedule exponent
+    rtol: float = 1e-4
+    atol: float = 1e-4
+    control: str = "state"  # "q" is cheaper on trained priors but trusts (z - D) / sigma^2 to be a gradient
+    divergence: str = "hutchinson"
+    probe: str = "rademacher"
+    n_probes: int = 2  # >= 2: a standard error exists
+    seed: int = 0
+    tail_sigma: float | None = None  # off: the Gaussian tail needs the data's mean and covariance
+
+    def __post_init__(self):
+        for name, allowed in (("solver", SOLVERS), ("control", CONTROLS), ("divergence", DIVERGENCES),
+                              ("probe", PROBES)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        check_count(1, steps=self.steps, n_probes=self.n_probes)  # one message per value, naming it
+        check_count(0, seed=self.seed)
+        check_nonnegative(rtol=self.rtol, atol=self.atol)
+        check_positive(rho=self.rho, tail_sigma=self.tail_sigma)
+        if self.rtol + self.atol == 0:
+            raise ValueError("rtol and atol are both 0: an adaptive solver needs a tolerance")
+
+    @classmethod
+    def make(cls, options=None, **overrides) -> "PotentialOptions":
+        """Options from a :class:`PotentialOptions`, a dict of its fields or None (the defaults), with ``overrides``
+        (None values ignored) replacing fields; an unknown name is an error that lists the valid ones."""
+        base = {} if options is None else (options.as_dict() if isinstance(options, cls) else dict(options))
+        base.update({k: v for k, v in overrides.items() if v is not None})
+        unknown = set(base) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise TypeError(f"unknown potential option(s) {sorted(unknown)}: valid are "
+                            f"{sorted(cls.__dataclass_fields__)}")
+        return cls(**base)
+
+    def as_dict(self) -> dict:
+        """The fields as a plain dict (for tables, JSON and the workflow's config)."""
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -216,7 +291,8 @@ def _heun(drift: _Drift, z: Tensor, sigmas: Tensor, M: int, pbar) -> tuple[Tenso
     z1 = z~ - (e^h - 1 - h) / h (D1 - D0). The divergence integral takes the trapezoid in s. Integrating z - D
     directly (plain Heun in s) is ~3x less accurate at equal cost (BENCHMARKS.md): the exponential growth of the
     noise-dominated components is then approximated instead of exact. Every image follows the same grid, so results
-    do not depend on the batch composition.
+    depend on the batch composition only through the denoiser's floating-point rounding (a float32 network's batched
+    kernels: ~1e-7 relative of q, tests/test_potential.py), unlike the adaptive solvers' shared step sizes.
     """
     ell = torch.zeros(z.shape[0], M, dtype=torch.float64, device=z.device)
     sig = sigmas.tolist()
@@ -232,22 +308,44 @@ def _heun(drift: _Drift, z: Tensor, sigmas: Tensor, M: int, pbar) -> tuple[Tenso
     return z, ell
 
 
-# Dormand-Prince 5(4) tableau (Dormand & Prince 1980): nodes c, stages a, 5th-order weights b, and the error
-# weights e = b - b* (b* the embedded 4th-order weights); the 7th stage is the first of the next step (FSAL).
-_DP_C = [0, 1 / 5, 3 / 10, 4 / 5, 8 / 9, 1, 1]
-_DP_A = [
-    [],
-    [1 / 5],
-    [3 / 40, 9 / 40],
-    [44 / 45, -56 / 15, 32 / 9],
-    [19372 / 6561, -25360 / 2187, 64448 / 6561, -212 / 729],
-    [9017 / 3168, -355 / 33, 46732 / 5247, 49 / 176, -5103 / 18656],
-]
-_DP_B5 = [Fraction(35, 384), 0, Fraction(500, 1113), Fraction(125, 192), Fraction(-2187, 6784), Fraction(11, 84), 0]
-_DP_B4 = [Fraction(5179, 57600), 0, Fraction(7571, 16695), Fraction(393, 640), Fraction(-92097, 339200),
-          Fraction(187, 2100), Fraction(1, 40)]
-_DP_B = [float(b) for b in _DP_B5]
-_DP_E = [float(b - bs) for b, bs in zip(_DP_B5, _DP_B4)]
+# Embedded 5(4) pairs with 7 stages whose last stage is the first of the next step (FSAL): nodes c, stages a,
+# 5th-order weights b (the step taken: local extrapolation) and error weights e = b - b* (b* the embedded 4th-order
+# weights). tests/test_potential.py checks every order condition of both pairs up to order 5 (and 4 for b*).
+@dataclass(frozen=True)
+class _Tableau:
+    c: tuple
+    a: tuple
+    b: tuple
+    e: tuple
+
+
+_DP_B5 = (Fraction(35, 384), 0, Fraction(500, 1113), Fraction(125, 192), Fraction(-2187, 6784), Fraction(11, 84), 0)
+_DP_B4 = (Fraction(5179, 57600), 0, Fraction(7571, 16695), Fraction(393, 640), Fraction(-92097, 339200),
+          Fraction(187, 2100), Fraction(1, 40))
+TABLEAUS = {
+    # Dormand & Prince (1980): scipy's RK45, torchdiffeq's dopri5
+    "dopri5": _Tableau(
+        c=(0, 1 / 5, 3 / 10, 4 / 5, 8 / 9, 1, 1),
+        a=((), (1 / 5,), (3 / 40, 9 / 40), (44 / 45, -56 / 15, 32 / 9),
+           (19372 / 6561, -25360 / 2187, 64448 / 6561, -212 / 729),
+           (9017 / 3168, -355 / 33, 46732 / 5247, 49 / 176, -5103 / 18656)),
+        b=tuple(float(b) for b in _DP_B5),
+        e=tuple(float(b - bs) for b, bs in zip(_DP_B5, _DP_B4)),
+    ),
+    # Tsitouras (2011), "Runge-Kutta pairs of order 5(4) satisfying only the first column simplifying assumption",
+    # with the corrected sign of the last error weight (-1/66)
+    "tsit5": _Tableau(
+        c=(0, 0.161, 0.327, 0.9, 0.9800255409045097, 1, 1),
+        a=((), (0.161,), (-0.008480655492356989, 0.335480655492357),
+           (2.8971530571054935, -6.359448489975075, 4.3622954328695815),
+           (5.325864828439257, -11.748883564062828, 7.4955393428898365, -0.09249506636175525),
+           (5.86145544294642, -12.92096931784711, 8.159367898576159, -0.071584973281401, -0.02826905039406838)),
+        b=(0.09646076681806523, 0.01, 0.4798896504144996, 1.379008574103742, -3.290069515436081,
+           2.324710524099774, 0),
+        e=(0.0017800110522257773, 0.0008164344596567469, -0.007880878010261995, 0.1447110071732629,
+           -0.5823571654525552, 0.45808210592918697, -1 / 66),
+    ),
+}
 
 
 def _combine(y, h: float, weights, ks):
@@ -259,9 +357,24 @@ def _combine(y, h: float, weights, ks):
     return out
 
 
-def _error_ratio(err_z, err_l, z0, z1, l0, l1, rtol: float, atol: float) -> Tensor:
-    """Per-image error norm: the larger of the RMS scaled errors of the image and of the divergence integrals
-    (scale atol + rtol * max(|y0|, |y1|), as scipy and torchdiffeq); shape (B,)."""
+def _error_ratio(err_z, err_l, z0, z1, l0, l1, rtol: float, atol: float, control: str = "state",
+                 grad_q=None) -> Tensor:
+    """Per-image error norm, shape (B,); a step is accepted when it is <= 1 for every image.
+
+    "state": the larger of the RMS scaled errors of the image and of the divergence integrals (scale
+    atol + rtol * max(|y0|, |y1|), as scipy and torchdiffeq). "q": the error of the reported q, |err_ell| +
+    |<grad_q, err_z>| per probe (RMS over probes), scaled by atol * N + rtol * max(|ell0|, |ell1|), N = C*H*W (atol
+    in nats per dimension). ``grad_q`` = (z - D(z, sigma)) / sigma^2 = grad(-log p_sigma)(z) at the step's end: the
+    rest of the solve maps z to -log p_sigma(z) (up to the integral already made), so an error dz in the image
+    changes the final q by <grad_q, dz> to first order -- what an error of the image costs in the result.
+    """
+    if control == "q":
+        N = z0[0].numel()
+        sl = atol * N + rtol * torch.maximum(l0.abs(), l1.abs())
+        e = err_l.abs()
+        if grad_q is not None:
+            e = e + (grad_q * err_z).flatten(1).sum(1, dtype=torch.float64).abs()[:, None]
+        return (e / sl).pow(2).mean(1).sqrt()
     sz = atol + rtol * torch.maximum(z0.abs(), z1.abs())
     sl = atol + rtol * torch.maximum(l0.abs(), l1.abs())
     rz = (err_z / sz).double().flatten(1).pow(2).mean(1).sqrt()
@@ -269,30 +382,43 @@ def _error_ratio(err_z, err_l, z0, z1, l0, l1, rtol: float, atol: float) -> Tens
     return torch.maximum(rz, rl)
 
 
-def _dopri5(drift: _Drift, z: Tensor, s0: float, s1: float, M: int, rtol: float, atol: float, pbar):
-    """Adaptive Dormand-Prince 5(4) with local extrapolation and FSAL (6 evaluations per step) from s0 to s1.
+def _adaptive(drift: _Drift, z: Tensor, s0: float, s1: float, M: int, rtol: float, atol: float, pbar, *,
+              tableau: str = "dopri5", control: str = "state"):
+    """An adaptive embedded 5(4) pair (:data:`TABLEAUS`) with local extrapolation and FSAL (6 evaluations per step)
+    from s0 to s1; the error norm is :func:`_error_ratio` with ``control``.
 
-    Step sizes are shared by the batch: a step is accepted when the worst image's error norm (see
-    :func:`_error_ratio`) is <= 1. Each image is therefore solved at least as accurately as alone, but its q
-    depends, within the tolerance, on which other images share its batch; for batch-independent (bit-identical)
-    numbers use batch 1 or the fixed-grid Heun solver.
+    Step sizes are shared by the batch: a step is accepted when the worst image's error norm is <= 1. Each image
+    is therefore solved at least as accurately as alone, but its q depends, within the tolerance, on which other
+    images share its batch (tests/test_potential.py measures it); numbers independent of the batch need batch 1
+    or the fixed-grid Heun solver.
     """
+    tab = TABLEAUS[tableau]
     ell = torch.zeros(z.shape[0], M, dtype=torch.float64, device=z.device)
     span = s1 - s0
+
+    def ratio(ez, el, za, zb, la, lb, grad_q=None):
+        return _error_ratio(ez, el, za, zb, la, lb, rtol, atol, control, grad_q)
+
     k1 = drift(z, math.exp(s0))
-    # initial step (Hairer, Norsett & Wanner, Sec. II.4): h ~ 0.01 |y| / |f|, checked by one Euler step
-    d0 = _error_ratio(z, ell, z, z, ell, ell, rtol, atol).max()
-    d1 = _error_ratio(k1[0], k1[1], z, z, ell, ell, rtol, atol).max()
-    h0 = 1e-6 if d0 < 1e-5 or d1 < 1e-5 else float(0.01 * d0 / d1)
-    h0 = min(h0, span)
+    # initial step (Hairer, Norsett & Wanner, Sec. II.4): h ~ 0.01 |y| / |f|, checked by one Euler step. Under
+    # control "q" the integral starts at 0 (no |y| scale): the Euler probe is taken at h0 = 0.01 (s = ln sigma has
+    # its features on a scale ~1), and the step from the estimated derivatives alone.
+    g0 = k1[0] / math.exp(2 * s0)  # grad(-log p_sigma) at the start, for control "q"
+    d1 = ratio(k1[0], k1[1], z, z, ell, ell, g0).max()
+    if control == "q":
+        h0 = min(1e-2, span)
+    else:
+        d0 = ratio(z, ell, z, z, ell, ell).max()
+        h0 = 1e-6 if d0 < 1e-5 or d1 < 1e-5 else float(0.01 * d0 / d1)
+        h0 = min(h0, span)
     k_e = drift(z + h0 * k1[0], math.exp(s0 + h0))
-    d2 = _error_ratio(k_e[0] - k1[0], k_e[1] - k1[1], z, z, ell, ell, rtol, atol).max() / h0
+    d2 = ratio(k_e[0] - k1[0], k_e[1] - k1[1], z, z, ell, ell, g0).max() / h0
     h1 = max(1e-6, h0 * 1e-3) if max(d1, d2) <= 1e-15 else float((0.01 / max(d1, d2)) ** (1 / 5))
     h = min(100 * h0, h1, span)
     s, n_accept, n_reject = s0, 0, 0
     while s < s1:
         if n_accept + n_reject >= _MAX_ADAPTIVE_STEPS:
-            raise RuntimeError(f"dopri5 took more than {_MAX_ADAPTIVE_STEPS} steps (rtol={rtol}, atol={atol}): "
+            raise RuntimeError(f"{tableau} took more than {_MAX_ADAPTIVE_STEPS} steps (rtol={rtol}, atol={atol}): "
                                "loosen the tolerances or use solver='heun'")
         h = min(h, s1 - s)
         last = s + h >= s1 or (s1 - s - h) < 1e-12 * span
@@ -300,18 +426,15 @@ def _dopri5(drift: _Drift, z: Tensor, s0: float, s1: float, M: int, rtol: float,
             h = s1 - s
         ks = [k1]
         for i in range(1, 6):
-            zi = _combine(z, h, _DP_A[i], [k[0] for k in ks])
-            li = _combine(ell, h, _DP_A[i], [k[1] for k in ks])
-            ks.append(drift(zi, math.exp(s + _DP_C[i] * h)))
-        z_new = _combine(z, h, _DP_B, [k[0] for k in ks])
-        l_new = _combine(ell, h, _DP_B, [k[1] for k in ks])
+            zi = _combine(z, h, tab.a[i], [k[0] for k in ks])
+            ks.append(drift(zi, math.exp(s + tab.c[i] * h)))
+        z_new = _combine(z, h, tab.b, [k[0] for k in ks])
+        l_new = _combine(ell, h, tab.b, [k[1] for k in ks])
         k7 = drift(z_new, math.exp(s + h))
         ks.append(k7)
-        err = _error_ratio(
-            _combine(torch.zeros_like(z), h, _DP_E, [k[0] for k in ks]),
-            _combine(torch.zeros_like(ell), h, _DP_E, [k[1] for k in ks]),
-            z, z_new, ell, l_new, rtol, atol,
-        ).max().item()
+        err = ratio(_combine(torch.zeros_like(z), h, tab.e, [k[0] for k in ks]),
+                    _combine(torch.zeros_like(ell), h, tab.e, [k[1] for k in ks]),
+                    z, z_new, ell, l_new, k7[0] / math.exp(2 * (s + h))).max().item()
         if err <= 1.0:
             s = s1 if last else s + h
             z, ell, k1 = z_new, l_new, k7
@@ -323,7 +446,7 @@ def _dopri5(drift: _Drift, z: Tensor, s0: float, s1: float, M: int, rtol: float,
             factor = max(0.2, 0.9 * err ** (-1 / 5))
         h = h * factor
         if h < 1e-12 * span:
-            raise RuntimeError(f"dopri5 step size underflow at sigma = {math.exp(s):.3g}: is the denoiser finite?")
+            raise RuntimeError(f"{tableau} step size underflow at sigma = {math.exp(s):.3g}: is the denoiser finite?")
     return z, ell, {"accepted_steps": n_accept, "rejected_steps": n_reject}
 
 
@@ -354,20 +477,14 @@ def potential(
     x: Tensor,
     *,
     labels: Tensor | None = None,
-    solver: str = "heun",
-    steps: int = 128,  # Heun steps (256 evaluations): 2-6e-3 nats/dim on 32x32 images (BENCHMARKS.md)
-    rho: float = 7.0,  # EDM's schedule exponent
-    rtol: float = 1e-5,  # dopri5 tolerances (score_sde's likelihood uses 1e-5 for both)
-    atol: float = 1e-5,
-    divergence: str = "hutchinson",
-    probe: str = "rademacher",
-    n_probes: int = 1,
-    seed: int = 0,
+    options: PotentialOptions | dict | None = None,
     item_ids=None,
     probes: Tensor | None = None,
     sigma_min: float | None = None,
     sigma_max: float | None = None,
+    tail=None,
     progress: bool = False,
+    **overrides,
 ) -> PotentialResult:
     """q(x) = -log p_{sigma_min}(x) of a diffusion prior, in nats, for images x in [0, 1] (Section 2).
 
@@ -375,41 +492,50 @@ def potential(
         denoiser: a prior following :class:`diractrap.priors.Denoiser` (native range, native sigma units).
         x: (B, C, H, W) images in [0, 1]; their dtype is the ODE state's dtype (the divergence integral is float64).
         labels: passed unchanged to the denoiser (class-conditional networks).
-        solver: "heun" (fixed grid: ``steps`` steps on EDM's rho-schedule, 2 evaluations each; results do not
-            depend on the batch) or "dopri5" (adaptive Dormand-Prince 5(4), ``rtol`` / ``atol`` on the native image
-            and on the divergence integral; a batch shares its step sizes, see :func:`_dopri5`). On 32 x 32 images
-            dopri5 is the more accurate per evaluation by far (BENCHMARKS.md, "potential"): rtol = atol = 1e-4 gives
-            ~1e-3 nats/dim in ~100 evaluations, 1e-5 <= 1.4e-4 nats/dim in ~150-250; Heun needs 512 evaluations
-            (256 steps) for 1e-3 nats/dim.
-        divergence: "hutchinson" (M probes per image, one VJP each per evaluation; q is their mean and stderr
-            their standard error) or "exact" (N VJPs per evaluation, N = C*H*W <= MAX_EXACT_DIM).
-        probe, n_probes, seed, item_ids: the Hutchinson probes, see :func:`make_probes`; item_ids default to
-            arange(B). The same probe is used along the whole trajectory (as score_sde does).
+        options: a :class:`PotentialOptions` (or a dict of its fields); None gives the defaults, chosen in
+            BENCHMARKS.md ("potential"): Tsitouras 5(4) at rtol = atol = 1e-4, 2 Rademacher probes.
+        **overrides: any field of :class:`PotentialOptions` (``solver="heun", steps=64``, ``rtol=1e-5``, ...),
+            replacing the one of ``options``.
+        item_ids: the items' ids for the probes (see :func:`make_probes`), default arange(B). The same probe is
+            used along the whole trajectory (as score_sde does).
         probes: an explicit (B, M, C, H, W) tensor of probes; overrides probe / n_probes / seed / item_ids.
         sigma_min, sigma_max: the integration range in native units (default: the denoiser's own).
+        tail: with ``tail_sigma``, the Gaussian of the data for the path above it: an object with
+            ``potential(x, sigma) -> (B,)`` nats for images x in [0, 1] and sigma in [0, 1] units
+            (:meth:`diractrap.priors.GaussianPrior.fit` on the prior's training images).
         progress: show a tqdm bar over the steps.
     Returns:
         :class:`PotentialResult`. TF32 is switched off during the call and restored afterwards; the denoiser is
-        never differentiated with respect to its parameters.
+        never differentiated with respect to its parameters. With an adaptive solver a batch shares its step sizes:
+        an image's q depends, within the tolerance, on the batch it is in (see :func:`_adaptive`).
     """
+    opt = PotentialOptions.make(options, **overrides)
+    solver, divergence = opt.solver, opt.divergence
     check_denoiser(denoiser)
     check_images(x, "x")  # a non-empty float batch (B, C, H, W), finite, in [0, 1]: before any solve
     check_model_input(denoiser, x)
-    check_positive(rtol=rtol, atol=atol)
-    check_count(1, steps=steps, n_probes=n_probes)
-    if solver not in SOLVERS:
-        raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
-    if divergence not in DIVERGENCES:
-        raise ValueError(f"divergence must be one of {DIVERGENCES}, got {divergence!r}")
     sigma_min = float(denoiser.sigma_min if sigma_min is None else sigma_min)
     sigma_max = float(denoiser.sigma_max if sigma_max is None else sigma_max)
     if not 0 < sigma_min < sigma_max:
         raise ValueError(f"need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
     B, N = x.shape[0], x[0].numel()
+    scale = range_scale(denoiser.data_range)
+    sigma_end = sigma_max
+    if opt.tail_sigma is not None:
+        sigma_end = opt.tail_sigma * scale  # native units
+        if tail is None:
+            raise ValueError("tail_sigma needs tail=, the data's Gaussian (e.g. priors.GaussianPrior.fit(images))")
+        if not sigma_min < sigma_end <= sigma_max:
+            raise ValueError(f"tail_sigma = {opt.tail_sigma} ([0, 1] units) must lie in ({sigma_min / scale:g}, "
+                             f"{sigma_max / scale:g}], the prior's range")
     settings = dict(solver=solver, divergence=divergence, sigma_min=sigma_min, sigma_max=sigma_max,
                     data_range=tuple(denoiser.data_range), dtype=str(x.dtype).removeprefix("torch."),
                     device=str(x.device))
-    settings.update(steps=steps, rho=rho) if solver == "heun" else settings.update(rtol=rtol, atol=atol)
+    if solver == "heun":
+        settings.update(steps=opt.steps, rho=opt.rho)
+    else:
+        settings.update(rtol=opt.rtol, atol=opt.atol, control=opt.control)
+    settings.update(tail_sigma=opt.tail_sigma)
 
     if divergence == "exact":
         if N > MAX_EXACT_DIM:
@@ -423,28 +549,37 @@ def potential(
         eps = probes.to(device=x.device, dtype=x.dtype)
         settings.update(probe="explicit", n_probes=probes.shape[1])
     else:
-        eps = make_probes(x.shape, n_probes, seed=seed, item_ids=item_ids, kind=probe, dtype=x.dtype, device=x.device)
-        settings.update(probe=probe, n_probes=n_probes, seed=seed)
+        eps = make_probes(x.shape, opt.n_probes, seed=opt.seed, item_ids=item_ids, kind=opt.probe, dtype=x.dtype,
+                          device=x.device)
+        settings.update(probe=opt.probe, n_probes=opt.n_probes, seed=opt.seed)
     M = 1 if eps is None else eps.shape[1]
 
     drift = _Drift(denoiser, labels, eps)
     z0 = to_native(x.detach(), denoiser.data_range)
     with _no_tf32(), torch.no_grad():
         if solver == "heun":
-            sigmas = rho_schedule(sigma_min, sigma_max, steps, rho)
-            with tqdm(total=steps, desc="potential (heun)", disable=not progress, leave=False) as pbar:
+            sigmas = rho_schedule(sigma_min, sigma_end, opt.steps, opt.rho)
+            with tqdm(total=opt.steps, desc="potential (heun)", disable=not progress, leave=False) as pbar:
                 z_T, ell = _heun(drift, z0, sigmas, M, pbar)
         else:
-            with tqdm(total=1.0, desc="potential (dopri5)", disable=not progress, leave=False,
+            with tqdm(total=1.0, desc=f"potential ({solver})", disable=not progress, leave=False,
                       bar_format="{l_bar}{bar}| {elapsed}") as pbar:
-                z_T, ell, stats = _dopri5(drift, z0, math.log(sigma_min), math.log(sigma_max), M, rtol, atol, pbar)
+                z_T, ell, stats = _adaptive(drift, z0, math.log(sigma_min), math.log(sigma_end), M, opt.rtol,
+                                            opt.atol, pbar, tableau=solver, control=opt.control)
             settings.update(stats)
 
-    # end-point prior N(0, sigma_max^2 I) in native units, minus the divergence integral (per probe)
-    q_native = _end_point_nll(z_T, sigma_max)[:, None] - ell  # (B, M)
-    # change of variables to images in [0, 1]: z = a x + b, p_[0,1](x) = p_native(z) a^N, so q = q_native - N ln a
-    # (a = 2 for a prior on [-1, 1]: q(x) = q_native(2x - 1) - N ln 2)
-    q_all = q_native - N * math.log(range_scale(denoiser.data_range))
+    if opt.tail_sigma is None:
+        # end-point prior N(0, sigma_max^2 I) in native units, minus the divergence integral (per probe)
+        q_native = _end_point_nll(z_T, sigma_max)[:, None] - ell  # (B, M)
+        # change of variables to images in [0, 1]: z = a x + b, p_[0,1](x) = p_native(z) a^N, so q = q_native - N ln a
+        # (a = 2 for a prior on [-1, 1]: q(x) = q_native(2x - 1) - N ln 2)
+        q_all = q_native - N * math.log(scale)
+    else:
+        # the rest of the path in closed form: -log p_{sigma_c}(z_c) of the data's Gaussian, taken in [0, 1] units
+        # (-log p_native(z) = -log p_[0,1](x) + N ln a: the change of variables cancels the same term of q)
+        x_c = from_native(z_T, denoiser.data_range)
+        q_all = torch.as_tensor(tail.potential(x_c.double(), opt.tail_sigma), dtype=torch.float64,
+                                device=ell.device)[:, None] - ell
     q = q_all.mean(1)
     if eps is None:
         stderr = torch.zeros_like(q)

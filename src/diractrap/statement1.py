@@ -76,7 +76,7 @@ def statement1(
     pad: str = "replicate",
     labels: Tensor | None = None,
     q_fn: Callable[[Tensor], Tensor] | None = None,
-    potential_options: dict | None = None,
+    potential_options=None,
     x_delta: Tensor | None = None,
     progress: bool = False,
 ) -> Statement1Result:
@@ -84,8 +84,8 @@ def statement1(
 
     x_delta = map_x(denoiser, y, delta) is the non-blind MAP with the Dirac kernel (``n_iter_delta`` gradient
     steps from y extended), unless given. q comes from ``q_fn(x) -> (B,)`` if given, else from
-    ``potential.potential(denoiser, x, labels=labels, **potential_options)`` (nats, images in [0, 1]); the three
-    calls share their Hutchinson probes item by item, so the differences between columns have less noise.
+    ``potential.potential(denoiser, x, labels=labels, options=potential_options)`` (a ``PotentialOptions``, a dict of
+    its fields or None: the defaults; nats, [0, 1] images); the calls share their probes item by item (less noise).
 
     Returns a :class:`Statement1Result`: ``rows``, a dict of (B,) numpy arrays (one row per problem): for each
     of ``true``, ``delta``, ``hat``: ``q_*``, ``data_*``, ``L_*``, plus ``q_stderr_*`` when the ODE gives it,
@@ -103,7 +103,7 @@ def statement1(
         from .potential import potential
 
         def q_of(name, x):
-            res = potential(denoiser, x, labels=labels, **(potential_options or {}))
+            res = potential(denoiser, x, labels=labels, options=potential_options)
             if getattr(res, "stderr", None) is not None:
                 stderr[name] = torch.as_tensor(res.stderr, dtype=torch.float64).cpu().numpy()
             return torch.as_tensor(res.q, dtype=torch.float64).cpu()

@@ -72,6 +72,9 @@ def check_references():
     for name in sorted(set(SWEEP["models"]) | {DECONV["model"]}):
         if models[name]["images"] not in sets:
             config_error(f"models.{name}.images", f"{models[name]['images']!r} is not defined under image_sets")
+        fit = models[name].get("baseline_fit", models[name]["images"])
+        if fit not in sets:
+            config_error(f"models.{name}.baseline_fit", f"{fit!r} is not defined under image_sets")
     if DECONV["images"] not in sets:
         config_error("deconv.images", f"{DECONV['images']!r} is not defined under image_sets")
     for i, p in enumerate(DECONV["pairs"]):
@@ -223,8 +226,15 @@ def sweep_chunks(wildcards):
                   family=family_grids(), chunk=range(n_chunks(wildcards.model)))
 
 
+def baseline_fit_images(model):
+    """The image set the classical baselines of a model's panel are fitted to (default: the model's own images)."""
+    m = config["models"][model]
+    return image_set_file(m.get("baseline_fit", m["images"]))
+
+
 def sweep_inputs(wildcards):
-    return dict(images=model_images(wildcards.model), weights=checkpoint_file(wildcards.model))
+    fit = [baseline_fit_images(wildcards.model)] if SWEEP.get("baselines") else []
+    return dict(images=model_images(wildcards.model), weights=checkpoint_file(wildcards.model), fit=fit)
 
 
 def sweep_params(wildcards):
@@ -237,7 +247,7 @@ def sweep_params(wildcards):
     return dict(model_job(wildcards.model), items=list(range(first, min(first + SWEEP["chunk"], n))),
                 family=wildcards.family, thetas=grid["thetas"], angle=grid["angle"],
                 kernel_size=SWEEP["kernel_size"], boundary=SWEEP["boundary"], batch_size=SWEEP["batch_size"],
-                potential=dict(SWEEP["potential"]))
+                potential=dict(SWEEP["potential"]), baselines=list(SWEEP.get("baselines", [])))
 
 
 # ---------------------------------------------------------------------------------------------------------------
