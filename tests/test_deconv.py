@@ -14,6 +14,7 @@ import torch
 from diractrap import deconv
 from diractrap.blur import conv
 from diractrap.deconv import Algorithm1Params, NonFiniteError, algorithm1, metrics
+from diractrap.metrics import _shift_kernel
 from diractrap.kernels import dirac, kernel, project_simplex
 from diractrap.priors import GaussianPrior
 
@@ -275,7 +276,9 @@ def test_lipschitz_kernel_step_decays_log_linearly():
 def test_inner_step_schedule():
     assert [Algorithm1Params(n_in=7).inner_steps(n) for n in (0, 5, 100)] == [7, 7, 7]
     p = Algorithm1Params(n_in=10, n_in_first=50, n_in_warmup=15, reset=100)  # the authors' 50 -> 10 over 15
-    assert [p.inner_steps(n) for n in (0, 1, 14, 15, 99, 100, 101)] == [50, 47, 13, 10, 10, 50, 47]
+    # the authors' rule, written independently: max(50 - i (50 - 10) / 15, 10) truncated to an integer
+    theirs = np.maximum(50 - np.arange(100) * (50 - 10) / 15, 10).astype(np.int16).tolist()
+    assert [p.inner_steps(n) for n in range(200)] == theirs + theirs
 
 
 def test_parameters_are_checked():
@@ -343,7 +346,7 @@ def test_metrics_undo_the_translation_ambiguity():
     h = torch.zeros(K, K, dtype=D64)
     h[3:6, 3:6] = kernel("gaussian", 0.8, 3, dtype=D64)  # room to move inside the window
     x_hat = torch.roll(x, shifts=s, dims=(-2, -1))  # x_hat[i + s] = x[i]
-    h_hat = deconv._shift_kernel(h, -s[0], -s[1])  # h_hat[u] = h[u + s]
+    h_hat = _shift_kernel(h, -s[0], -s[1])  # h_hat[u] = h[u + s]
     # the sign convention: same blurry image (away from the wrapped border)
     torch.testing.assert_close(conv(x_hat, h_hat)[..., 3:-3, 3:-3], conv(x, h)[..., 3:-3, 3:-3])
     m = metrics(x_hat, h_hat, x, h)

@@ -27,14 +27,13 @@ decreasing from 50 to 10 over the first 15 kernel steps after each reset of x to
 prior to the centre (H - K + 1) x (W - K + 1) crop of x only; here q acts on the whole x, as the paper writes Ly.
 
 Sections: the objective and its gradients; x-minimisation (gradient descent and the authors' Douglas-Rachford);
-Algorithm 1; synthetic problems; metrics (PSNR, SSIM, kernel error after the best shift, Levin et al.'s protocol);
-Statement 1 (the semigroup path from the true pair to the trivial one, and the table); saving results.
+Algorithm 1. Synthetic problems and result files are in :mod:`diractrap.problems`, the metrics in
+:mod:`diractrap.metrics`, Statement 1 in :mod:`diractrap.statement1`; all are re-exported here.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -45,13 +44,15 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import __version__
-from .blur import blur_same, conv, conv_adjoint, conv_adjoint_kernel
-from .data import atomic_path
-from .kernels import dirac, kernel, project_simplex, second_moment, small, wide
+from .blur import conv, conv_adjoint, conv_adjoint_kernel
+from .kernels import dirac, project_simplex, second_moment, small, wide
 from .priors import check_denoiser, denoise_unit, score_unit
 
 __all__ = [
     "Algorithm1Params",
+    "PRESETS",
+    "preset",
+    "STEP_CAP",
     "Algorithm1Result",
     "NonFiniteError",
     "extend",
@@ -201,16 +202,21 @@ def default_gamma_x(sigma: float, sigma_g: float) -> float:
 
 
 def _gd_steps(denoiser, x, h, y, n, *, sigma, sigma_g, gamma_x, labels, where):
-    """n gradient steps x <- x - gamma_x grad_x Ly(x, h). Returns x and the last gradient."""
-    g = torch.zeros_like(x)
+    """n gradient steps x <- x - gamma_x grad_x Ly(x, h).
+
+    Returns x and the gradients of the first and of the last step (zeros when n = 0).
+    """
+    g = g0 = torch.zeros_like(x)
     for i in range(n):
         gd = conv_adjoint(conv(x, h, "valid") - y, h, "valid")
         gp = prior_grad(denoiser, x, sigma_g, labels)
         _check_finite(gd, "the data gradient A_h^T(h*x - y)", f"{where}, inner step {i}")
         _check_finite(gp, "the prior gradient (x - D(x, sigma_g))/sigma_g^2", f"{where}, inner step {i}")
         g = gd + sigma**2 * gp
+        if i == 0:
+            g0 = g
         x = x - gamma_x * g
-    return x, g
+    return x, g0, g
 
 
 def _cg(apply, b: Tensor, x0: Tensor, n_iter: int, tol: float) -> Tensor:
@@ -235,26 +241,37 @@ def _cg(apply, b: Tensor, x0: Tensor, n_iter: int, tol: float) -> Tensor:
 
 
 def _dr_steps(denoiser, z, h, y, n, *, gamma, sigma_d, clamp, cg_iter, cg_tol, labels, where):
-    """Douglas-Rachford on 1/2||h*x - y||^2 + sigma^2 q(x) with the denoiser as the prior's proximal step.
+    """Douglas-Rachford on f + g, f = 1/2||h*x - y||^2, with the denoiser as the proximal step of g.
 
-    From the state z, each step: x = D(z, sigma_d) (prox of gamma sigma^2 q when sigma_d^2 = gamma sigma^2),
-    z <- z + prox_{gamma f}(2x - z) - x with prox_{gamma f}(v) = (A^T A + I/gamma)^{-1} (A^T y + v/gamma) by CG,
-    z clipped to [-clamp, 1 + clamp] as the authors do. Returns (D(z, sigma_d), z).
+    From the state z, each step: x = D(z, sigma_d), z <- z + prox_{gamma f}(2x - z) - x with
+    prox_{gamma f}(v) = (A^T A + I/gamma)^{-1} (A^T y + v/gamma) by CG (warm-started), z clipped to
+    [-clamp, 1 + clamp]. When D(., sigma_d) is the proximal map of sigma_d^2 q (exactly so for a Gaussian prior),
+    g = (sigma_d^2 / gamma) q and the fixed point minimises 1/2||h*x - y||^2 + (sigma_d^2 / gamma) q(x).
+
+    Returns (D(z, sigma_d), z) and the gradients of that objective at the first and at the last x: from the prox
+    identity (z - x) / gamma = grad g(x) for x = D(z), no extra network evaluation: A^T(Ax - y) + (z - x) / gamma.
     """
     Aty = conv_adjoint(y, h, "valid")
 
     def normal(u):
         return conv_adjoint(conv(u, h, "valid"), h, "valid") + u / gamma
 
-    u = z
+    def gradient(x, z):
+        return conv_adjoint(conv(x, h, "valid"), h, "valid") - Aty + (z - x) / gamma
+
+    u, g0 = z, None
     for i in range(n):
         x = denoise_unit(denoiser, z, sigma_d, labels)
         _check_finite(x, "the denoiser output D(z, sigma_d)", f"{where}, Douglas-Rachford step {i}")
+        if i == 0:
+            g0 = gradient(x, z)
         v = 2 * x - z
         u = _cg(normal, Aty + v / gamma, u, cg_iter, cg_tol)
         _check_finite(u, "the data proximal step (conjugate gradients)", f"{where}, Douglas-Rachford step {i}")
         z = (z + u - x).clamp(-clamp, 1 + clamp)
-    return denoise_unit(denoiser, z, sigma_d, labels), z
+    x = denoise_unit(denoiser, z, sigma_d, labels)
+    g = gradient(x, z)
+    return x, z, (g if g0 is None else g0), g
 
 
 @torch.no_grad()
@@ -287,7 +304,7 @@ def map_x(
     with tqdm(total=n_iter, disable=not progress, desc="MAP x", unit="it") as bar:
         while done < n_iter:
             m = min(chunk, n_iter - done)
-            x, _ = _gd_steps(denoiser, x, h, y, m, sigma=sigma, sigma_g=sigma_g, gamma_x=gamma, labels=labels,
+            x, _, _ = _gd_steps(denoiser, x, h, y, m, sigma=sigma, sigma_g=sigma_g, gamma_x=gamma, labels=labels,
                              where=f"MAP x iteration {done}")
             done += m
             bar.update(m)
@@ -298,83 +315,132 @@ def map_x(
 # Algorithm 1 (Section 4): alternating minimisation, exact-ish in x, one step in theta, x reset to y every 100 steps
 # ---------------------------------------------------------------------------------------------------------------
 
+STEP_CAP = 1.99  # constant kernel steps are clamped to STEP_CAP / L_h: a projected gradient step decreases the
+#                  L_h-smooth kernel subproblem only below 2 / L_h
+
 
 @dataclass(frozen=True)
 class Algorithm1Params:
-    """Parameters of Algorithm 1. Paper values where the paper gives them; the rest say where they come from.
+    """Parameters of Algorithm 1. Complete named sets: :data:`PRESETS` (``preset("paper")``, ``preset("authors")``);
+    the provenance of every value is in docs/ALGORITHM1.md.
 
-    inner: "gradient" (the paper: N_in steps x <- x - gamma_x grad_x Ly) or "douglas-rachford" (the authors' code:
-        N_in Douglas-Rachford steps with the denoiser D(., dr_sigma) as the proximal step of the prior; the DR
-        state z is carried over between outer iterations and reset with x, where the authors restart it at x).
-    kernel_step: "chain" (the paper: theta <- theta - gamma_h J_P(theta)^T grad_h Ly, h = P(theta)) or "projected"
-        (the authors' code: theta <- P(theta - gamma_h grad_h Ly), so theta stays on the simplex and h = theta).
-    n_in_first, n_in_warmup: the authors' inner-step schedule: after each reset, the first outer iteration runs
-        n_in_first inner steps, decreasing linearly to n_in over n_in_warmup iterations, so that x is close to
-        argmin_x Ly(x, h) before the kernel starts to move (the paper's "exact minimisation in x").
-    kernel_schedule: "lipschitz" (gamma_h,n = gamma_h_scale / L_h(x_{n+1}), L_h the largest eigenvalue of A_x^T A_x
-        on zero-sum kernels, tracked by 3 warm-started power iterations per outer iteration: the step follows x
-        as it sharpens, where a step fixed from the blurry start overshoots; with gamma_h_decay < 1 the step is
-        further multiplied by gamma_h_decay ** (n / N_ext), a log-linear decay as in the authors' code, so that
-        the kernel moves fast at first and settles), "constant" (the paper's form, a
-        fixed gamma_h) or "log-relative" (the authors' code: gamma_h,n = clip(r_n max|h| /
-        max|grad_h|, 1e-7, gamma_h_max), r_n log-spaced from rel_step[0] to rel_step[1] over the N_ext steps, so
-        that the largest kernel change is the fraction r_n of the largest kernel value).
+    Kernel steps (``kernel_step``): "projected", theta <- P(theta - gamma_h grad_h Ly), theta stays on the simplex;
+    "chain", the paper's literal theta <- theta - gamma_h J_P(theta)^T grad_h Ly with h = P(theta). J_P is zero off
+    the support of P(theta) and its output sums to zero on it, so under "chain" the projection's threshold never
+    moves and a pixel that has left the support never returns (a one-way ratchet towards small kernels).
+    Step sizes (``kernel_schedule``): "constant" (gamma_h, or 1 / L_h at the first kernel step when None, clamped
+    to STEP_CAP / L_h(x_n) with a warning); "lipschitz" (gamma_h_scale / L_h(x_n) * gamma_h_decay ** (n / N_ext),
+    gamma_h_scale < 2); "log-relative" (the authors': clip(r_n max|h| / max|grad|, 1e-7, gamma_h_max), r_n
+    log-spaced from rel_step[0] to rel_step[1] over the run). L_h is the largest eigenvalue of A_x^T A_x on zero-sum
+    kernels, tracked by warm-started power iterations.
     """
 
-    n_ext: int = 3000  # paper Fig. 4 shows iterations up to 2900-4300 (N_ext not stated)
-    n_in: int = 10  # not stated in the paper
-    n_in_first: int | None = None  # None: N_in always (paper); else N_in right after a reset, decreasing linearly
-    n_in_warmup: int = 15  # ... to N_in over this many outer iterations (authors' code: 50 -> 10 over 15)
-    gamma_x: float | None = None  # not stated; None: 1 / (1 + sigma^2 / sigma_g^2), the inverse Lipschitz bound
-    gamma_h: float | None = None  # not stated; used by kernel_schedule "constant"
-    gamma_h_scale: float = 1.0  # kernel_schedule "lipschitz": gamma_h,n = gamma_h_scale / L_h(x_n) ...
-    gamma_h_decay: float = 1.0  # ... times gamma_h_decay ** (n / N_ext): 1 = no decay (paper); < 1 a log decay
-    reset: int = 100  # paper: x restarts from y when n mod 100 == 0
-    sigma: float = 0.01  # paper: noise std on [0, 1]
-    sigma_g: float = 0.001  # authors' notebooks: grad q(x) ~ (x - D(x, sigma_g)) / sigma_g^2
-    pad: str = "replicate"  # how y is extended to the size of x
-    inner: str = "gradient"  # paper; "douglas-rachford": the authors' code
-    kernel_step: str = "chain"  # paper; "projected": the authors' code
-    kernel_schedule: str = "lipschitz"  # or "constant" (the paper's fixed gamma_h) or "log-relative" (authors)
-    rel_step: tuple[float, float] = (1e-2, 1e-7)  # authors' code: np.logspace(-2, -7, ...)
-    gamma_h_max: float = 1e-3  # authors' code: lr_kernel
-    dr_sigma: float | None = None  # None: sigma * sqrt(gamma_x), the prox of gamma_x sigma^2 q (authors: 0.03 gamma_x)
-    dr_clamp: float = 0.2  # authors' code: z clipped to [-0.2, 1.2]
-    cg_iter: int = 1000  # authors' code
-    cg_tol: float = 1e-5  # authors' code: squared residual norm
+    n_ext: int = 3000  # outer iterations (kernel steps)
+    n_in: int = 10  # inner x-steps per kernel step ...
+    n_in_first: int | None = None  # ... or, after a reset, this many, decreasing linearly (floored) to n_in ...
+    n_in_warmup: int = 15  # ... over this many outer iterations
+    gamma_x: float | None = None  # x step; None: 1 / (1 + sigma^2 / sigma_g^2) for "gradient", 0.05 for DR
+    gamma_x_decay: float = 1.0  # gamma_x multiplied by this at every reset (the first included)
+    gamma_h: float | None = None  # "constant" schedule; None: 1 / L_h at the first kernel step, per problem
+    gamma_h_scale: float = 1.0  # "lipschitz" schedule: gamma_h_scale / L_h(x_n) ...
+    gamma_h_decay: float = 1.0  # ... times gamma_h_decay ** (n / n_ext)
+    reset: int = 100  # x restarts from y when n mod reset == 0
+    sigma: float = 0.01  # noise std on [0, 1]
+    sigma_g: float = 0.001  # grad q(x) ~ (x - D(x, sigma_g)) / sigma_g^2
+    pad: str = "replicate"  # x's start: y extended ("replicate", "reflect") or the full-size observation ("observed")
+    inner: str = "gradient"  # or "douglas-rachford"
+    kernel_step: str = "projected"  # or "chain"
+    kernel_schedule: str = "lipschitz"  # or "constant", "log-relative"
+    rel_step: tuple[float, float] = (1e-2, 1e-7)  # "log-relative": r_n from rel_step[0] to rel_step[1]
+    gamma_h_max: float = 1e-3  # "log-relative": largest step
+    dr_sigma: float | None = None  # DR denoiser level; None: dr_sigma_scale * gamma_x, or sigma sqrt(gamma_x)
+    dr_sigma_scale: float | None = None  # DR: sigma_d = dr_sigma_scale * gamma_x (the authors' 0.03)
+    dr_clamp: float = 0.2  # DR: z clipped to [-dr_clamp, 1 + dr_clamp]
+    dr_restart: bool = False  # DR: z restarted at x before every kernel step's inner loop (else carried over)
+    cg_iter: int = 1000  # DR: conjugate-gradient iterations of the data prox ...
+    cg_tol: float = 1e-5  # ... until the squared residual norm is below this
 
     def __post_init__(self):
-        if self.inner not in ("gradient", "douglas-rachford"):
-            raise ValueError(f"inner must be 'gradient' or 'douglas-rachford', got {self.inner!r}")
-        if self.kernel_step not in ("chain", "projected"):
-            raise ValueError(f"kernel_step must be 'chain' or 'projected', got {self.kernel_step!r}")
-        if self.kernel_schedule not in ("lipschitz", "constant", "log-relative"):
-            raise ValueError(
-                f"kernel_schedule must be 'lipschitz', 'constant' or 'log-relative', got {self.kernel_schedule!r}"
-            )
-        if self.kernel_schedule == "constant" and self.gamma_h is None:
-            raise ValueError("kernel_schedule 'constant' needs gamma_h")
-        if not 0 < self.gamma_h_decay <= 1:
-            raise ValueError(f"gamma_h_decay must be in (0, 1], got {self.gamma_h_decay}")
+        choices = {"inner": ("gradient", "douglas-rachford"), "kernel_step": ("chain", "projected"),
+                   "kernel_schedule": ("lipschitz", "constant", "log-relative"),
+                   "pad": ("replicate", "reflect", "observed")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}, got {getattr(self, name)!r}")
+        if self.kernel_schedule == "lipschitz" and not 0 < self.gamma_h_scale < 2:
+            raise ValueError(f"gamma_h_scale must be in (0, 2): a kernel step of gamma_h_scale / L_h >= 2 / L_h does "
+                             f"not decrease the kernel subproblem, got {self.gamma_h_scale}")
+        if self.gamma_h is not None and not self.gamma_h >= 0:
+            raise ValueError(f"gamma_h must be >= 0 (0 freezes the kernel), got {self.gamma_h}")
+        if not 0 < self.gamma_h_decay <= 1 or not 0 < self.gamma_x_decay <= 1:
+            raise ValueError(f"gamma_h_decay and gamma_x_decay must be in (0, 1], got {self.gamma_h_decay}, "
+                             f"{self.gamma_x_decay}")
         if self.n_ext < 0 or self.n_in < 0 or self.reset < 1 or self.n_in_warmup < 1:
             raise ValueError("need n_ext >= 0, n_in >= 0, reset >= 1 and n_in_warmup >= 1")
 
     def inner_steps(self, n: int) -> int:
-        """N_in at outer iteration n: constant, or the authors' linear warm-up after each reset."""
+        """N_in at outer iteration n: constant, or the linear warm-up after each reset (floored, as the authors)."""
         if self.n_in_first is None:
             return self.n_in
         k = n % self.reset
-        return max(self.n_in, round(self.n_in_first - k * (self.n_in_first - self.n_in) / self.n_in_warmup))
+        return max(self.n_in, math.floor(self.n_in_first - k * (self.n_in_first - self.n_in) / self.n_in_warmup))
 
-    def resolved_gamma_x(self) -> float:
+    def resolved_gamma_x(self, n: int = 0) -> float:
+        """gamma_x at outer iteration n (decayed once per reset, the first reset included)."""
         if self.gamma_x is not None:
-            return float(self.gamma_x)
-        if self.inner == "douglas-rachford":
-            return 0.05  # authors' code: lr_x = 5e-2
-        return default_gamma_x(self.sigma, self.sigma_g)
+            g = float(self.gamma_x)
+        else:
+            g = 0.05 if self.inner == "douglas-rachford" else default_gamma_x(self.sigma, self.sigma_g)
+        return g * self.gamma_x_decay ** (n // self.reset + 1) if self.gamma_x_decay != 1 else g
 
-    def resolved_dr_sigma(self) -> float:
-        return self.sigma * math.sqrt(self.resolved_gamma_x()) if self.dr_sigma is None else float(self.dr_sigma)
+    def resolved_dr_sigma(self, n: int = 0) -> float:
+        """The Douglas-Rachford denoiser's noise level at outer iteration n ([0, 1] units)."""
+        if self.dr_sigma is not None:
+            return float(self.dr_sigma)
+        if self.dr_sigma_scale is not None:
+            return self.dr_sigma_scale * self.resolved_gamma_x(n)
+        return self.sigma * math.sqrt(self.resolved_gamma_x(n))
+
+    def prior_weight(self, n: int = 0) -> float:
+        """The weight lambda on q of the x-subproblem 1/2||h*x - y||^2 + lambda q(x) that the inner solver
+        minimises: sigma^2 for gradient steps, sigma_d^2 / gamma_x for Douglas-Rachford (its prox step)."""
+        if self.inner == "gradient":
+            return self.sigma**2
+        return self.resolved_dr_sigma(n) ** 2 / self.resolved_gamma_x(n)
+
+
+# Named, complete parameter sets. Every field is given, so nothing is inherited from a config or a default; the
+# source of each value (paper, the authors' code, or a guess) is in docs/ALGORITHM1.md.
+PRESETS: dict[str, dict] = {
+    "paper": dict(  # the paper's Algorithm 1 as written
+        n_ext=3000, n_in=10, n_in_first=None, n_in_warmup=15, gamma_x=None, gamma_x_decay=1.0, gamma_h=None,
+        gamma_h_scale=1.0, gamma_h_decay=1.0, reset=100, sigma=0.01, sigma_g=0.001, pad="replicate",
+        inner="gradient", kernel_step="chain", kernel_schedule="constant", rel_step=(1e-2, 1e-7), gamma_h_max=1e-3,
+        dr_sigma=None, dr_sigma_scale=None, dr_clamp=0.2, dr_restart=False, cg_iter=1000, cg_tol=1e-5,
+    ),
+    "authors": dict(  # the authors' published optimisation loop (putils/optimization.py), point by point
+        n_ext=3000, n_in=10, n_in_first=50, n_in_warmup=15, gamma_x=0.05, gamma_x_decay=0.999, gamma_h=None,
+        gamma_h_scale=1.0, gamma_h_decay=1.0, reset=100, sigma=0.01, sigma_g=0.001, pad="observed",
+        inner="douglas-rachford", kernel_step="projected", kernel_schedule="log-relative", rel_step=(1e-2, 1e-7),
+        gamma_h_max=1e-3, dr_sigma=None, dr_sigma_scale=0.03, dr_clamp=0.2, dr_restart=True, cg_iter=1000,
+        cg_tol=1e-5,
+    ),
+}
+
+
+def preset(name: str, **overrides) -> Algorithm1Params:
+    """The named parameter set ``name`` (a key of :data:`PRESETS`) with ``overrides`` (field names of
+    :class:`Algorithm1Params`) applied on top."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown Algorithm 1 preset {name!r}; choose one of {', '.join(PRESETS)}")
+    fields = {f.name for f in dataclasses.fields(Algorithm1Params)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise ValueError(f"unknown Algorithm 1 parameter(s) {', '.join(unknown)}; allowed: {', '.join(sorted(fields))}")
+    values = {**PRESETS[name], **overrides}
+    if isinstance(values.get("rel_step"), list):
+        values["rel_step"] = tuple(values["rel_step"])
+    return Algorithm1Params(**values)
 
 
 @dataclass
@@ -383,10 +449,13 @@ class Algorithm1Result:
 
     x (B, C, H, W) and h, theta (B, K, K): the final iterates. ``trajectory``: numpy arrays over the snapshot
     iterations T: ``iteration`` (T,), ``x`` (T, B, C, H, W) float32, ``h`` (T, B, K, K), and per item (T, B):
-    ``data`` = 1/2||h*x - y||^2, ``grad_x`` = ||grad_x Ly|| at the last inner step, ``grad_theta`` = the norm of
-    the kernel direction used (J_P^T grad_h for "chain", grad_h for "projected"), ``gamma_h`` the kernel step
-    used, ``spread`` = second moment of h (px^2), ``h_max``, and ``q`` / ``total`` when a potential function was
-    given. ``settings``: the parameters and the resolved step sizes.
+    ``data`` = 1/2||h*x - y||^2, ``grad_x`` = ||grad_x|| of the x-subproblem at the last inner step, ``grad_theta`` =
+    the norm of the kernel direction used (J_P^T grad_h for "chain", grad_h for "projected"), ``gamma_h`` the kernel
+    step, ``spread`` = second moment of h (px^2), ``h_max``, and ``q`` / ``total`` when a potential function was
+    given. ``history``: per outer iteration n (N_ext, B), recorded before the kernel step: ``grad_x_rel`` =
+    ||grad_x|| at the last inner step / ||grad_x|| at the first inner step after the latest reset (how far the
+    x-subproblem was solved), ``gamma_h``, ``step_L`` = gamma_h * L_h(x_n) (< 2 for a decreasing step), ``data``,
+    ``spread``. ``settings``: the parameters and the resolved step sizes.
     """
 
     x: Tensor
@@ -394,6 +463,7 @@ class Algorithm1Result:
     theta: Tensor
     trajectory: dict[str, np.ndarray]
     settings: dict = field(default_factory=dict)
+    history: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def initial_kernels(init, kernel_size: int, batch: int, *, dtype=torch.float32, device=None) -> Tensor:
@@ -422,6 +492,19 @@ def _snapshot_set(snapshots, n_ext: int) -> set[int]:
     return steps | {0, n_ext}
 
 
+def _start_image(y: Tensor, K: int, pad: str, y_full: Tensor | None) -> Tensor:
+    """x's start (and every reset): y extended by ``pad``, or the full-size observation y_full for "observed"."""
+    if pad != "observed":
+        return extend(y, K, pad)
+    if y_full is None:
+        raise ValueError("pad='observed' (the authors' preset) starts x from the blurry image at the size of x: pass "
+                         "y_full (B, C, h + K - 1, w + K - 1), e.g. from problems.make_problem(..., full=True)")
+    H, W = y.shape[-2] + K - 1, y.shape[-1] + K - 1
+    if tuple(y_full.shape) != (*y.shape[:2], H, W):
+        raise ValueError(f"y_full must be {(*y.shape[:2], H, W)} (y grown by K - 1), got {tuple(y_full.shape)}")
+    return y_full.to(y)
+
+
 @torch.no_grad()
 def algorithm1(
     denoiser,
@@ -433,6 +516,7 @@ def algorithm1(
     labels: Tensor | None = None,
     snapshots: int | Sequence[int] | None = None,
     q_fn: Callable[[Tensor], Tensor] | None = None,
+    y_full: Tensor | None = None,
     progress: bool = True,
 ) -> Algorithm1Result:
     """Algorithm 1 on a batch of independent problems (pairs x initialisations).
@@ -443,17 +527,20 @@ def algorithm1(
         h0: theta_0: "wide" (1/K^2), "small" (Gaussian of std 1.5), "dirac" (then ``kernel_size`` gives K), or a
             (K, K) / (B, K, K) kernel (projected onto the simplex).
         kernel_size: K when h0 is a name (paper: 21).
-        params: Algorithm1Params (paper defaults).
+        params: Algorithm1Params, e.g. ``preset("authors")``.
         labels: (B,) class labels for conditional priors, or None.
         snapshots: record the iterates after these outer iterations n (a list), or every n iterations (an int);
             0 (the start) and N_ext are always recorded.
         q_fn: optional x -> q(x) (B,) in nats (e.g. the ODE potential), evaluated at the snapshots.
+        y_full: (B, C, H, W) the blurry image at the size of x whose valid centre is y; needed by pad="observed".
         progress: tqdm bar over the outer iterations.
 
     Every problem of the batch evolves independently (per-item kernels, steps and stopping rules), so a problem
     gives the same result alone or inside a batch. A NaN or infinity raises NonFiniteError naming the iteration
     and the term.
     """
+    import warnings
+
     from tqdm.auto import tqdm
 
     check_denoiser(denoiser)
@@ -469,13 +556,12 @@ def algorithm1(
         theta = initial_kernels(h0, h0.shape[-1], B, dtype=y.dtype, device=y.device)
     K = theta.shape[-1]
     p = params
-    gamma_x = p.resolved_gamma_x()
-    x_reset = extend(y, K, p.pad)
+    x_reset = _start_image(y, K, p.pad, y_full)
     x = x_reset.clone()
-    z = x_reset.clone()  # the Douglas-Rachford state, carried from one outer iteration to the next
-    lip, v_lip = kernel_lipschitz(x_reset, K, return_vector=True)  # tracked below for the "lipschitz" schedule
-    if p.kernel_schedule == "constant":
-        gamma_h_const = torch.full((B,), float(p.gamma_h), dtype=y.dtype, device=y.device)
+    z = x_reset.clone()  # the Douglas-Rachford state
+    lip, v_lip = kernel_lipschitz(x_reset, K, return_vector=True)  # then tracked by 3 power iterations per step
+    gamma_h_const = None if p.gamma_h is None else torch.full((B,), float(p.gamma_h), dtype=y.dtype, device=y.device)
+    n_clamped = torch.zeros(B, dtype=torch.long)
     rel = np.logspace(math.log10(p.rel_step[0]), math.log10(p.rel_step[1]), max(p.n_ext, 1))
     keep = _snapshot_set(snapshots, p.n_ext)
 
@@ -483,6 +569,7 @@ def algorithm1(
     traj: dict[str, list] = {k: [] for k in names}
     if q_fn is not None:
         traj["q"], traj["total"] = [], []
+    hist: dict[str, list] = {k: [] for k in ("grad_x_rel", "gamma_h", "step_L", "data", "spread")}
 
     def record(n, x, theta, gx, gt, gh):
         h = project_simplex(theta, dims=2)
@@ -501,397 +588,83 @@ def algorithm1(
             traj["q"].append(q.numpy())
             traj["total"].append((d.cpu() + p.sigma**2 * q).numpy())
 
+    def norms(t):
+        return t.double().flatten(1).norm(dim=1).cpu()
+
     nan = torch.full((B,), float("nan"), dtype=torch.float64)
     if 0 in keep:
         record(0, x, theta, nan, nan, nan)
+    g_ref = nan
     for n in tqdm(range(p.n_ext), disable=not progress, desc="Algorithm 1", unit="it"):
         h = project_simplex(theta, dims=2)
-        if n % p.reset == 0:
+        reset = n % p.reset == 0
+        if reset:
             x, z = x_reset.clone(), x_reset.clone()
+        gamma_x = p.resolved_gamma_x(n)
         where = f"outer iteration n = {n}"
         if p.inner == "gradient":
-            x, gx = _gd_steps(denoiser, x, h, y, p.inner_steps(n), sigma=p.sigma, sigma_g=p.sigma_g, gamma_x=gamma_x,
-                              labels=labels, where=where)
+            x, g_first, g_last = _gd_steps(denoiser, x, h, y, p.inner_steps(n), sigma=p.sigma, sigma_g=p.sigma_g,
+                                           gamma_x=gamma_x, labels=labels, where=where)
         else:
-            x, z = _dr_steps(denoiser, z, h, y, p.inner_steps(n), gamma=gamma_x, sigma_d=p.resolved_dr_sigma(),
-                             clamp=p.dr_clamp, cg_iter=p.cg_iter, cg_tol=p.cg_tol, labels=labels, where=where)
-            gx = grad_x(denoiser, x, h, y, sigma=p.sigma, sigma_g=p.sigma_g, labels=labels) if (n + 1) in keep else None
+            if p.dr_restart:
+                z = x
+            x, z, g_first, g_last = _dr_steps(denoiser, z, h, y, p.inner_steps(n), gamma=gamma_x,
+                                              sigma_d=p.resolved_dr_sigma(n), clamp=p.dr_clamp, cg_iter=p.cg_iter,
+                                              cg_tol=p.cg_tol, labels=labels, where=where)
         _check_finite(x, "the image x", where)
+        if reset:
+            g_ref = norms(g_first)
+        gxn = norms(g_last)
         gh_h = grad_h(x, h, y)
         _check_finite(gh_h, "the kernel gradient A_x^T(h*x - y)", where)
         g = _chain_simplex(theta, gh_h) if p.kernel_step == "chain" else gh_h
+        lip, v_lip = kernel_lipschitz(x, K, n_iter=3, v0=v_lip, return_vector=True)
         if p.kernel_schedule == "constant":
-            step = gamma_h_const
+            if gamma_h_const is None:
+                gamma_h_const = 1.0 / lip  # per problem, fixed from the first kernel step on
+            cap = STEP_CAP / lip
+            n_clamped += (gamma_h_const > cap).cpu().long()
+            step = torch.minimum(gamma_h_const, cap)
         elif p.kernel_schedule == "lipschitz":
-            lip, v_lip = kernel_lipschitz(x, K, n_iter=3, v0=v_lip, return_vector=True)
             step = p.gamma_h_scale * p.gamma_h_decay ** (n / max(p.n_ext, 1)) / lip
         else:
             ratio = h.flatten(1).abs().amax(1) / g.flatten(1).abs().amax(1).clamp_min(1e-30)
             step = (rel[n] * ratio).clamp(1e-7, p.gamma_h_max)
+        hist["grad_x_rel"].append((gxn / g_ref).numpy())
+        hist["gamma_h"].append(step.double().cpu().numpy())
+        hist["step_L"].append((step * lip).double().cpu().numpy())
+        hist["data"].append(data_term(x, h, y).cpu().numpy())
+        hist["spread"].append(second_moment(h.double()).cpu().numpy())
         theta = theta - step.view(-1, 1, 1) * g
         if p.kernel_step == "projected":
             theta = project_simplex(theta, dims=2)
         _check_finite(theta, "the kernel parameter theta", where)
         if (n + 1) in keep:
-            gxn = gx.double().flatten(1).norm(dim=1).cpu() if gx is not None else nan
-            record(n + 1, x, theta, gxn, g.double().flatten(1).norm(dim=1).cpu(), step.cpu())
+            record(n + 1, x, theta, gxn, norms(g), step.cpu())
+    if n_clamped.any():
+        warnings.warn(f"the constant kernel step exceeded {STEP_CAP} / L_h and was clamped on "
+                      f"{n_clamped.tolist()} of {p.n_ext} iterations (per problem)", stacklevel=2)
 
     settings = {
         **dataclasses.asdict(p),
-        "gamma_x_used": gamma_x,
-        "gamma_h_used": p.gamma_h if p.kernel_schedule == "constant" else "per iteration (trajectory gamma_h)",
-        "dr_sigma_used": p.resolved_dr_sigma() if p.inner == "douglas-rachford" else None,
+        "gamma_x_used": p.resolved_gamma_x(0),
+        "gamma_h_used": (gamma_h_const.tolist() if p.kernel_schedule == "constant" and gamma_h_const is not None
+                         else "per iteration (history gamma_h)"),
+        "dr_sigma_used": p.resolved_dr_sigma(0) if p.inner == "douglas-rachford" else None,
+        "prior_weight": p.prior_weight(0),
+        "kernel_steps_clamped": n_clamped.tolist(),
         "kernel_size": K,
         "diractrap_version": __version__,
         "denoiser": getattr(denoiser, "info", {"class": type(denoiser).__name__}),
     }
     trajectory = {k: np.stack(v) if k != "iteration" else np.asarray(v, dtype=np.int64) for k, v in traj.items()}
+    history = {k: np.stack(v) if v else np.zeros((0, B)) for k, v in hist.items()}
     h = project_simplex(theta, dims=2)
-    return Algorithm1Result(x=x.cpu(), h=h.cpu(), theta=theta.cpu(), trajectory=trajectory, settings=settings)
+    return Algorithm1Result(x=x.cpu(), h=h.cpu(), theta=theta.cpu(), trajectory=trajectory, settings=settings,
+                            history=history)
 
-
-# ---------------------------------------------------------------------------------------------------------------
-# Synthetic problems: y = valid(h * x) + sigma n, with one noise generator per item
-# ---------------------------------------------------------------------------------------------------------------
-
-
-def item_generator(seed: int, item_id: int) -> torch.Generator:
-    """A CPU generator for one item, seeded from (seed, item id), so results do not depend on batching."""
-    return torch.Generator(device="cpu").manual_seed((int(seed) * 1_000_003 + int(item_id)) % (2**63 - 1))
-
-
-def make_problem(
-    x: Tensor, h: Tensor, *, sigma: float = 0.01, seed: int = 0, item_ids: Sequence[int] | None = None
-) -> Tensor:  # paper: sigma 0.01
-    """y = valid(h * x) + sigma n for x (B, C, H, W) in [0, 1], h (K, K) or (B, K, K); n ~ N(0, I) per item."""
-    clean = conv(x, h, "valid")
-    ids = range(x.shape[0]) if item_ids is None else item_ids
-    shape = clean.shape[1:]
-    noise = torch.stack([torch.randn(shape, generator=item_generator(seed, i), dtype=torch.float64) for i in ids])
-    return clean + sigma * noise.to(clean)
-
-
-@dataclass
-class PairsRun:
-    """Algorithm 1 on pairs x initialisations: the batched result (item b = init b // P, pair b % P), the
-    blurry images y (P, C, h, w), the metrics and one tidy row per run."""
-
-    result: Algorithm1Result
-    y: Tensor
-    scores: dict[str, Tensor]
-    rows: list[dict]
-
-
-def run_pairs(
-    denoiser,
-    x_true: Tensor,
-    h_true: Tensor,
-    *,
-    inits: Sequence[str] = ("wide", "small"),  # paper: the wide start recovers the kernel, the small one falls to delta
-    params: Algorithm1Params = Algorithm1Params(),
-    seed: int = 0,
-    pair_ids: Sequence[int] | None = None,
-    labels: Tensor | None = None,
-    snapshots: int | Sequence[int] | None = None,
-    progress: bool = True,
-    **columns,
-) -> PairsRun:
-    """Blur P sharp images x_true (P, C, H, W) with their kernels h_true (P, K, K), add noise of std params.sigma
-    (one generator per pair id), and run Algorithm 1 from every initialisation on all pairs in one batch.
-
-    Rows carry ``pair`` (the pair id), ``init``, the settings, the final objective terms, the metrics
-    (:func:`metrics`) and ``columns`` (per pair: sequences of length P, or scalars).
-    """
-    P, K = x_true.shape[0], h_true.shape[-1]
-    ids = list(range(P)) if pair_ids is None else [int(i) for i in pair_ids]
-    y = make_problem(x_true, h_true, sigma=params.sigma, seed=seed, item_ids=ids)
-    n = len(inits)
-    h0 = torch.cat([initial_kernels(i, K, P, dtype=y.dtype, device=y.device) for i in inits])
-    lab = None if labels is None else labels.repeat(n)
-    res = algorithm1(denoiser, y.repeat(n, 1, 1, 1), h0, params=params, labels=lab, snapshots=snapshots,
-                     progress=progress)
-    scores = metrics(res.x, res.h, x_true.cpu().repeat(n, 1, 1, 1), h_true.cpu().repeat(n, 1, 1))
-    per_pair = {k: list(v) * n if isinstance(v, (list, tuple, np.ndarray, Tensor)) else v for k, v in columns.items()}
-    rows = table_rows(res, scores, pair=ids * n, init=[i for i in inits for _ in range(P)], seed=seed, **per_pair)
-    return PairsRun(result=res, y=y.cpu(), scores=scores, rows=rows)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Metrics: PSNR, SSIM (Wang et al. 2004), kernel error, after the best integer shift (Levin et al. 2009)
-# ---------------------------------------------------------------------------------------------------------------
-
-
-def psnr(a: Tensor, b: Tensor, data_range: float = 1.0) -> Tensor:
-    """10 log10(R^2 / MSE) per item (B,)."""
-    mse = (a.double() - b.double()).pow(2).flatten(1).mean(1)
-    return 10 * torch.log10(data_range**2 / mse)
-
-
-def _gauss_window(sigma: float, truncate: float, dtype, device) -> Tensor:
-    r = int(truncate * sigma + 0.5)  # scipy.ndimage.gaussian_filter's radius, as skimage uses it
-    u = torch.arange(-r, r + 1, dtype=dtype, device=device)
-    w = torch.exp(-0.5 * (u / sigma) ** 2)
-    return w / w.sum()
-
-
-def ssim(
-    a: Tensor, b: Tensor, data_range: float = 1.0, *, sigma: float = 1.5, K1: float = 0.01, K2: float = 0.03
-) -> Tensor:  # Wang et al. 2004: window std 1.5, K1 = 0.01, K2 = 0.03
-    """Mean SSIM per item (B,) of (B, C, H, W) images (Wang et al. 2004: Gaussian window of std 1.5 truncated at
-    3.5 std, i.e. 11 x 11, K1 = 0.01, K2 = 0.03, population covariances), averaged over the positions where the
-    window fits and over the channels: skimage's structural_similarity(gaussian_weights=True, sigma=1.5,
-    use_sample_covariance=False, data_range=R) per channel, then the mean."""
-    a, b = a.double(), b.double()
-    w = _gauss_window(sigma, 3.5, a.dtype, a.device)
-    B, C, H, W = a.shape
-    n = w.numel()
-    if min(H, W) < n:
-        raise ValueError(f"SSIM needs images of at least {n}x{n}, got {H}x{W}")
-
-    def filt(t):
-        t = t.reshape(B * C, 1, H, W)
-        t = F.conv2d(t, w.view(1, 1, -1, 1))
-        return F.conv2d(t, w.view(1, 1, 1, -1)).reshape(B, C, H - n + 1, W - n + 1)
-
-    ma, mb = filt(a), filt(b)
-    va, vb, cab = filt(a * a) - ma**2, filt(b * b) - mb**2, filt(a * b) - ma * mb
-    c1, c2 = (K1 * data_range) ** 2, (K2 * data_range) ** 2
-    s = ((2 * ma * mb + c1) * (2 * cab + c2)) / ((ma**2 + mb**2 + c1) * (va + vb + c2))
-    return s.mean((-2, -1)).mean(1)
-
-
-def _shift_kernel(h: Tensor, dr: int, dc: int) -> Tensor:
-    """h'[u] = h[u - (dr, dc)], zero-filled: (K, K) -> (K, K)."""
-    K = h.shape[-1]
-    out = torch.zeros_like(h)
-    r0, r1 = max(0, dr), min(K, K + dr)
-    c0, c1 = max(0, dc), min(K, K + dc)
-    out[r0:r1, c0:c1] = h[r0 - dr : r1 - dr, c0 - dc : c1 - dc]
-    return out
-
-
-def metrics(
-    x_hat: Tensor,
-    h_hat: Tensor,
-    x_true: Tensor,
-    h_true: Tensor,
-    *,
-    crop: int | None = None,
-    max_shift: int | None = None,
-    data_range: float = 1.0,
-) -> dict[str, Tensor]:
-    """Quality of (x_hat, h_hat) against (x_true, h_true), up to the translation ambiguity of blind deblurring.
-
-    Levin et al.'s protocol with integer shifts: for every shift s with |s_r|, |s_c| <= max_shift, compare
-    x_hat[i + s] with x_true[i] on the image cropped by ``crop`` pixels on each side; keep the s of least MSE.
-    x_hat is clipped to [0, 1] first. The kernel is compared after the same translation: if x_hat[i + s] = x[i]
-    then h_hat[u - s] = h[u] gives the same blurry image, so ``kernel_error`` = ||h_hat[. - s] - h_true||_2.
-    Defaults: crop = K // 2 (the border of x that y only sees partially), max_shift = K // 4 (at most crop).
-
-    Returns (B,) tensors: psnr, ssim (on the same shifted crop; NaN when it is under 11 x 11), mse, kernel_error,
-    kernel_error_rel
-    (/ ||h_true||), dirac_distance = min_s ||h_hat - delta_s|| (small when h_hat is near a Dirac), spread
-    (second moment of h_hat, px^2), shift_row, shift_col.
-    """
-    K = h_hat.shape[-1]
-    crop = K // 2 if crop is None else int(crop)
-    max_shift = min(K // 4, crop) if max_shift is None else int(max_shift)
-    if max_shift > crop:
-        raise ValueError(f"max_shift ({max_shift}) must not exceed crop ({crop})")
-    B, C, H, W = x_true.shape
-    xh = x_hat.double().clamp(0, 1)
-    xt = x_true.double()
-    ref = xt[..., crop : H - crop, crop : W - crop]
-    best = torch.full((B,), float("inf"), dtype=torch.float64, device=xt.device)
-    shifts = torch.zeros(B, 2, dtype=torch.long)
-    for dr in range(-max_shift, max_shift + 1):
-        for dc in range(-max_shift, max_shift + 1):
-            cand = xh[..., crop + dr : H - crop + dr, crop + dc : W - crop + dc]
-            mse = (cand - ref).pow(2).flatten(1).mean(1)
-            better = mse < best
-            best = torch.where(better, mse, best)
-            shifts[better.cpu()] = torch.tensor([dr, dc])
-    sh = shifts.tolist()
-    aligned = torch.stack([xh[i, :, crop + r : H - crop + r, crop + c : W - crop + c] for i, (r, c) in enumerate(sh)])
-    hh = h_hat.double().expand(B, K, K)
-    ht = h_true.double().expand(B, K, K)
-    hs = torch.stack([_shift_kernel(hh[i], r, c) for i, (r, c) in enumerate(sh)])
-    kerr = (hs - ht).flatten(1).norm(dim=1)
-    sq = hh.flatten(1).pow(2).sum(1)
-    return {
-        "psnr": 10 * torch.log10(data_range**2 / best),
-        "ssim": ssim(aligned, ref, data_range) if min(ref.shape[-2:]) >= 11 else torch.full_like(best, float("nan")),
-        "mse": best,
-        "kernel_error": kerr,
-        "kernel_error_rel": kerr / ht.flatten(1).norm(dim=1),
-        "dirac_distance": torch.sqrt((sq - 2 * hh.flatten(1).amax(1) + 1).clamp_min(0)),
-        "spread": second_moment(hh),
-        "shift_row": shifts[:, 0],
-        "shift_col": shifts[:, 1],
-    }
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Statement 1 in numbers: a path of constant data term from the truth to delta; Ly at the truth, at the trivial
-# pair (x_delta, delta) and at Algorithm 1's output
-# ---------------------------------------------------------------------------------------------------------------
-
-
-def semigroup_path(
-    x_true: Tensor, theta: float, ts: Sequence[float], kernel_size: int, *, boundary: str = "reflect"
-) -> tuple[Tensor, Tensor]:
-    """Statement 1's argument as a path from the true pair to the trivial one, for a Gaussian blur h_bar = g_theta.
-
-    Gaussians compose, g_a * g_b = g_sqrt(a^2 + b^2), so for t in [0, 1] the pair x_t = g_{sqrt(1 - t^2) theta} *
-    x_true, h_t = g_{t theta} has h_t * x_t = h_bar * x_true: the data term of Ly stays at 1/2 ||b||^2 all along
-    the path (up to the grid: sampled Gaussians compose to ~1e-6 once both stds exceed ~1 px, and x_t is blurred at
-    the size of x with ``boundary``), while q(x_t) grows with t wherever Claim 1 holds. t = 1 is (x_true, h_bar),
-    t = 0 is (h_bar * x_true, delta). So on a prior where Claim 1 holds the true pair is not a local minimiser of
-    Ly, and any descent method from near it drifts towards delta.
-
-    ``x_true`` (B, C, H, W); returns x_t (T * B, C, H, W) and h_t (T * B, K, K), t-major (item t * B + b).
-    """
-    B = x_true.shape[0]
-    xs, hs = [], []
-    for t in ts:
-        if not 0 <= t <= 1:
-            raise ValueError(f"the path parameter t must be in [0, 1], got {t}")
-        rest = kernel("gaussian", math.sqrt(1 - t * t) * theta, kernel_size, dtype=x_true.dtype, device=x_true.device)
-        xs.append(blur_same(x_true, rest, boundary))
-        h = kernel("gaussian", t * theta, kernel_size, dtype=x_true.dtype, device=x_true.device)
-        hs.append(h.expand(B, kernel_size, kernel_size))
-    return torch.cat(xs), torch.cat(hs)
-
-
-@dataclass
-class Statement1Result:
-    """One Statement 1 row per problem (``rows``: column -> (B,) array) and the trivial-pair images x_delta."""
-
-    rows: dict[str, np.ndarray]
-    x_delta: Tensor
-
-
-def statement1(
-    denoiser,
-    y: Tensor,
-    x_true: Tensor,
-    h_true: Tensor,
-    x_hat: Tensor,
-    h_hat: Tensor,
-    *,
-    sigma: float = 0.01,  # paper
-    sigma_g: float = 0.001,  # authors' notebooks
-    n_iter_delta: int = 1000,
-    gamma_x: float | None = None,
-    pad: str = "replicate",
-    labels: Tensor | None = None,
-    q_fn: Callable[[Tensor], Tensor] | None = None,
-    potential_options: dict | None = None,
-    x_delta: Tensor | None = None,
-    progress: bool = False,
-) -> Statement1Result:
-    """Ly at (x_true, h_true), at (x_delta, delta) and at (x_hat, h_hat), with q from the ODE potential.
-
-    x_delta = map_x(denoiser, y, delta) is the non-blind MAP with the Dirac kernel (``n_iter_delta`` gradient
-    steps from y extended), unless given. q comes from ``q_fn(x) -> (B,)`` if given, else from
-    ``potential.potential(denoiser, x, labels=labels, **potential_options)`` (nats, images in [0, 1]); the three
-    calls share their Hutchinson probes item by item, so the differences between columns have less noise.
-
-    Returns a :class:`Statement1Result`: ``rows``, a dict of (B,) numpy arrays (one row per problem): for each
-    of ``true``, ``delta``, ``hat``: ``q_*``, ``data_*``, ``L_*``, plus ``q_stderr_*`` when the ODE gives it,
-    ``delta_beats_true`` = L_delta < L_true (what Statement 1 predicts), ``hat_minus_true`` = L_hat - L_true;
-    and ``x_delta``.
-    """
-    K = h_true.shape[-1]
-    B = y.shape[0]
-    delta = dirac(K, dtype=y.dtype, device=y.device).expand(B, K, K)
-    if x_delta is None:
-        x_delta = map_x(denoiser, y, delta, n_iter=n_iter_delta, sigma=sigma, sigma_g=sigma_g, gamma_x=gamma_x,
-                        labels=labels, pad=pad, progress=progress)
-    stderr = {}
-    if q_fn is None:
-        from .potential import potential
-
-        def q_of(name, x):
-            res = potential(denoiser, x, labels=labels, **(potential_options or {}))
-            if getattr(res, "stderr", None) is not None:
-                stderr[name] = torch.as_tensor(res.stderr, dtype=torch.float64).cpu().numpy()
-            return torch.as_tensor(res.q, dtype=torch.float64).cpu()
-    else:
-
-        def q_of(name, x):
-            return torch.as_tensor(q_fn(x), dtype=torch.float64).cpu()
-
-    ht = h_true.expand(B, K, K) if h_true.ndim == 2 else h_true
-    rows: dict[str, np.ndarray] = {}
-    for name, x, h in (("true", x_true, ht), ("delta", x_delta, delta), ("hat", x_hat, h_hat)):
-        q = q_of(name, x.to(y))
-        terms = objective(x.to(y), h.to(y), y, q.to(y.device), sigma=sigma)
-        rows[f"q_{name}"] = q.numpy()
-        rows[f"data_{name}"] = terms["data"].cpu().numpy()
-        rows[f"L_{name}"] = terms["total"].cpu().numpy()
-        if name in stderr:
-            rows[f"q_stderr_{name}"] = stderr[name]
-    rows["delta_beats_true"] = rows["L_delta"] < rows["L_true"]
-    rows["hat_minus_true"] = rows["L_hat"] - rows["L_true"]
-    return Statement1Result(rows=rows, x_delta=x_delta.cpu())
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Saving: compressed snapshots (npz) and a JSON summary, written atomically
-# ---------------------------------------------------------------------------------------------------------------
-
-
-def save_result(path, result: Algorithm1Result, **extra: np.ndarray) -> None:
-    """Write the final iterates and the trajectory to one compressed .npz (keys: x, h, theta, traj_<name>, and
-    any extra arrays such as the true image and kernel); the settings go in as a JSON string under 'settings'."""
-    arrays = {"x": result.x.float().numpy(), "h": result.h.float().numpy(), "theta": result.theta.float().numpy()}
-    arrays.update({f"traj_{k}": v for k, v in result.trajectory.items()})
-    arrays.update({k: np.asarray(v) for k, v in extra.items()})
-    arrays["settings"] = np.asarray(json.dumps(result.settings, default=str))
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            np.savez_compressed(f, **arrays)
-
-
-_FINAL = ("data", "grad_x", "grad_theta", "spread", "h_max", "q", "total")  # trajectory columns reported at the end
-
-
-def table_rows(result: Algorithm1Result, scores: dict[str, Tensor] | None = None, **columns) -> list[dict]:
-    """One tidy row per problem of the batch: the scalar settings, the step sizes used, the final objective
-    terms, the metrics (``scores`` from :func:`metrics`) and any extra ``columns`` (scalars, or sequences of length
-    B such as pair ids and initialisations)."""
-    B = result.x.shape[0]
-    st = result.settings
-    fixed = {k: v for k, v in st.items() if isinstance(v, (int, float, str, bool)) or v is None}
-    fixed["rel_step"] = str(tuple(st["rel_step"]))
-    fixed["denoiser"] = json.dumps(st.get("denoiser", {}), default=str, sort_keys=True)
-    rows = []
-    for b in range(B):
-        row = dict(fixed)
-        g = st.get("gamma_h_used")
-        row["gamma_h_used"] = g[b] if isinstance(g, list) else g
-        for k in _FINAL:
-            if k in result.trajectory:
-                row[f"final_{k}"] = float(result.trajectory[k][-1][b])
-        for k, v in (scores or {}).items():
-            row[k] = torch.as_tensor(v)[b].item()
-        for k, v in columns.items():
-            row[k] = v[b] if isinstance(v, (list, tuple, np.ndarray, Tensor)) else v
-            if isinstance(row[k], (Tensor, np.generic)):
-                row[k] = row[k].item()
-        rows.append(row)
-    return rows
-
-
-def summary(result: Algorithm1Result, scores: dict[str, Tensor] | None = None) -> dict:
-    """A JSON-ready summary: the settings, the final objective terms per item, and the metrics if given."""
-    t = result.trajectory
-    out = {
-        "settings": result.settings,
-        "iterations": int(t["iteration"][-1]),
-        "final": {k: t[k][-1].tolist() for k in _FINAL if k in t},
-    }
-    if scores is not None:
-        out["metrics"] = {k: torch.as_tensor(v).tolist() for k, v in scores.items()}
-    return out
+# The rest of the deconvolution API lives in its own modules and is re-exported here (imported last: those modules
+# import the objective and Algorithm 1 from this one).
+from .metrics import metrics, psnr, ssim  # noqa: E402
+from .problems import PairsRun, item_generator, make_problem, run_pairs, save_result, summary, table_rows  # noqa: E402
+from .statement1 import Statement1Result, semigroup_path, statement1  # noqa: E402

@@ -199,3 +199,35 @@ def project_simplex(v: Tensor, dims: int = 1) -> Tensor:
     rho = (cond * j).argmax(dim=-1, keepdim=True)  # index of the last j where cond holds (cond is monotone)
     tau = css.gather(-1, rho) / (rho + 1).to(v.dtype)
     return torch.clamp(flat - tau, min=0).reshape(shape)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Real camera shake: Levin et al.'s eight kernels (CVPR 2009), shipped in assets/levin09_kernels.npz
+# ---------------------------------------------------------------------------------------------------------------
+
+LEVIN_SIZES = (19, 17, 15, 27, 13, 21, 23, 23)  # native sizes of kernels 1..8
+
+
+def levin_kernel(index: int, size: int | None = None, *, dtype=torch.float32, device=None) -> Tensor:
+    """Levin et al.'s camera-shake kernel number ``index`` (1..8) as a true-convolution kernel, centred on a
+    ``size`` x ``size`` grid (zero-padded; default its native size, see LEVIN_SIZES). Sums to 1.
+
+    Unlike :func:`kernel` this is no one-parameter family: the kernels are measured camera motions, used as test
+    kernels for Algorithm 1 (the authors' own test kernels are of this kind, 15-52 px^2 second moment).
+    """
+    from importlib.resources import files
+
+    import numpy as np
+
+    if int(index) != index or not 1 <= index <= 8:
+        raise ValueError(f"Levin kernel number must be 1..8, got {index!r}")
+    with np.load(files("diractrap") / "assets" / "levin09_kernels.npz") as z:
+        k = torch.as_tensor(z[f"k{int(index)}"], dtype=dtype, device=device)
+    n = k.shape[-1]
+    size = n if size is None else int(size)
+    if size < n:
+        raise ValueError(f"Levin kernel {index} is {n} x {n}: it needs a kernel size of at least {n}, got {size}")
+    out = torch.zeros(size, size, dtype=dtype, device=device)
+    o = size // 2 - n // 2
+    out[o : o + n, o : o + n] = k
+    return out / out.sum()
