@@ -88,6 +88,14 @@ class MixturePrior:
         sigma = self.sigma_min if sigma is None else sigma
         return torch.as_tensor(sigma, dtype=torch.float64, device=x.device).expand(x.shape[0])
 
+    def lipschitz(self) -> float:
+        """An upper bound on the Hessian of q = -log p_{sigma_min}: the largest component curvature.
+
+        The Hessian of -log of a mixture is sum_k r_k H_k - Cov_r(grad q_k) <= max_k H_k (the covariance is PSD).
+        """
+        s2 = self.sigma_min**2
+        return max(1.0 / (float(self.broad.lam.min()) + s2), 1.0 / (self.s**2 + s2))
+
     def log_joint(self, x: Tensor, sigma=None) -> Tensor:
         """log w_k + log N_k(x; sigma) for each component k (broad first): (B, n + 1), float64."""
         self.broad._check(x)

@@ -88,6 +88,11 @@ def grad_q_fn(prior, sigma_g: float = 0.001, labels: Tensor | None = None) -> Ca
     return lambda x: -score_unit(prior, x, sigma_g, labels)
 
 
+def _exact(prior) -> bool:
+    """Whether grad q is known in closed form (then sigma_g plays no role)."""
+    return hasattr(prior, "grad_q") or isinstance(prior, _EigenGaussian)
+
+
 def hvp(grad_fn: Callable[[Tensor], Tensor], x: Tensor, v: Tensor) -> Tensor:
     """H v = d/de grad q(x + e v) at e = 0 (a JVP of the score); x, v (B, C, H, W).
 
@@ -241,7 +246,7 @@ def descend_to_critical(
     """
     from tqdm.auto import tqdm
 
-    if lr / sigma_g**2 > 2:
+    if lr / sigma_g**2 > 2 and not _exact(prior):
         import warnings
 
         warnings.warn(f"descent step lr / sigma_g^2 = {lr / sigma_g**2:g} > 2: stable only if D(x, sigma_g) ~ x; "
@@ -299,7 +304,7 @@ def diagnose(
     hb = h.expand(B, *h.shape[-2:]) if h.ndim == 2 else h
     for b in range(B):
         xb = x[b : b + 1]
-        xd = xb.double() if (hasattr(prior, "grad_q") or isinstance(prior, _EigenGaussian)) else xb
+        xd = xb.double() if _exact(prior) else xb
         g = gfn(xd).double()
         u = laplacian(xb.double())
         gn = float(g.norm())
@@ -340,6 +345,114 @@ def diagnose(
             "cond9": ang["angle9"] > angle_tol,
             "kernel_rtol": kernel_rtol,
             "angle_tol": angle_tol,
-            "sigma_g": sigma_g if not (hasattr(prior, "grad_q") or isinstance(prior, _EigenGaussian)) else None,
+            "sigma_g": None if _exact(prior) else sigma_g,
         })
     return rows
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The mechanism experiment: Ly along Statement 1's path, and Algorithm 1 from three starts, per truth
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def converged_params(prior, x_true: Tensor, K: int, *, sigma: float = 0.01, n_ext: int = 300, n_in: int = 100,
+                     n_in_first: int = 2000, lipschitz_q: float | None = None):
+    """Algorithm 1 with the x-subproblem solved before every kernel step and a safe constant kernel step.
+
+    Gradient x-steps of 1 / (1 + sigma^2 L_q) (L_q bounds the Hessian of q: ``lipschitz_q``, else the prior's
+    ``lipschitz()``), n_in_first steps from the start then n_in warm-started steps per kernel step (x is never reset
+    after the first iteration, so it tracks argmin_x Ly as h moves); projected kernel step with the constant
+    gamma_h = 1 / L_h(x_true), the largest eigenvalue of A_x^T A_x on zero-sum kernels at the truth (the smallest of
+    the batch: a step that decreases the kernel subproblem for every item). Returns deconv.Algorithm1Params.
+    """
+    from .deconv import kernel_lipschitz, preset
+
+    Lq = float(prior.lipschitz() if lipschitz_q is None else lipschitz_q)
+    L_h = float(kernel_lipschitz(x_true.double(), K, n_iter=100).max())
+    return preset("paper", n_ext=n_ext, n_in=n_in, n_in_first=n_in_first, n_in_warmup=1, reset=n_ext + 1,
+                  sigma=sigma, sigma_g=getattr(prior, "sigma_min", 0.001), gamma_x=1.0 / (1.0 + sigma**2 * Lq),
+                  kernel_step="projected", kernel_schedule="constant", gamma_h=1.0 / L_h)
+
+
+def mechanism(
+    prior,
+    x_true: Tensor,
+    theta: float,
+    kernel_size: int,
+    algorithms: dict,
+    *,
+    starts=("wide", "small", "true"),
+    sigma: float = 0.01,  # paper
+    seed: int = 0,
+    ts=tuple(i / 20 for i in range(21)),
+    q_fn: Callable[[Tensor], Tensor] | None = None,
+    n_iter_delta: int = 3000,
+    gamma_x_delta: float | None = None,
+    labels=None,
+    progress: bool = False,
+) -> dict[str, list[dict]]:
+    """Theorem 1's prediction put to the test on truths x_true (P, C, H, W) blurred by the Gaussian g_theta (K x K).
+
+    Returns tidy rows: ``path`` (truth, t, data, q, L, L - L(t = 1)) along Statement 1's semigroup path
+    x_t = g_{sqrt(1 - t^2) theta} * x_true, h_t = g_{t theta}; ``statement1`` (per truth: Ly at the truth, at the
+    path's end (h_bar * x_true, delta) and at (x_delta, delta), x_delta by ``n_iter_delta`` gradient steps of the
+    non-blind MAP with delta; ``holds`` = min of the two delta values < Ly(truth)); ``runs`` (per algorithm, start
+    and truth: the metrics of the final pair, its Ly, Ly at the truth, ||grad_x Ly|| / its value at the reset before
+    the last kernel step). ``algorithms``: name -> deconv.Algorithm1Params. ``starts``: "wide", "small", "true".
+    ``q_fn``: x -> q(x) in nats (default ``prior.potential``, the closed form). Everything runs in float64.
+    """
+    from .deconv import algorithm1, data_term, initial_kernels, map_x
+    from .kernels import dirac, kernel
+    from .metrics import metrics
+    from .problems import make_problem
+    from .statement1 import semigroup_path
+
+    q_fn = prior.potential if q_fn is None else q_fn
+    x_true = x_true.double()
+    P, K = x_true.shape[0], kernel_size
+    h_bar = kernel("gaussian", theta, K, dtype=torch.float64)
+    y, y_full = make_problem(x_true, h_bar, sigma=sigma, seed=seed, full=True)
+    out: dict[str, list[dict]] = {"path": [], "statement1": [], "runs": []}
+
+    xs, hs = semigroup_path(x_true, theta, ts, K)
+    q = torch.as_tensor(q_fn(xs), dtype=torch.float64)
+    d = data_term(xs, hs, y.repeat(len(ts), 1, 1, 1))
+    L = d + sigma**2 * q
+    L1 = L[-P:] if ts[-1] == 1 else None
+    for i, t in enumerate(ts):
+        for p in range(P):
+            k = i * P + p
+            out["path"].append({"truth": p, "t": float(t), "data": float(d[k]), "q": float(q[k]), "L": float(L[k]),
+                                "L_minus_true": float(L[k] - L1[p]) if L1 is not None else float("nan")})
+
+    delta = dirac(K, dtype=torch.float64).expand(P, K, K)
+    x_delta = map_x(prior, y, delta, n_iter=n_iter_delta, sigma=sigma, sigma_g=getattr(prior, "sigma_min", 0.001),
+                    gamma_x=gamma_x_delta, labels=labels)
+    L_true = data_term(x_true, h_bar.expand(P, K, K), y) + sigma**2 * torch.as_tensor(q_fn(x_true), dtype=torch.float64)
+    L_delta = data_term(x_delta, delta, y) + sigma**2 * torch.as_tensor(q_fn(x_delta), dtype=torch.float64)
+    L_end = L[:P] if ts[0] == 0 else torch.full((P,), float("nan"), dtype=torch.float64)  # (h_bar * x_true, delta)
+    for p in range(P):
+        out["statement1"].append({"truth": p, "L_true": float(L_true[p]), "L_path_end": float(L_end[p]),
+                                  "L_delta": float(L_delta[p]),
+                                  "holds": bool(min(float(L_delta[p]), float(L_end[p])) < float(L_true[p]))})
+
+    h0 = torch.cat([h_bar.expand(P, K, K) if s == "true" else initial_kernels(s, K, P, dtype=torch.float64)
+                    for s in starts])
+    n = len(starts)
+    for name, params in algorithms.items():
+        res = algorithm1(prior, y.repeat(n, 1, 1, 1), h0, params=params, y_full=y_full.repeat(n, 1, 1, 1),
+                         labels=None if labels is None else labels.repeat(n), progress=progress)
+        sc = metrics(res.x, res.h, x_true.repeat(n, 1, 1, 1), h_bar.expand(n * P, K, K))
+        Lf = data_term(res.x.double(), res.h.double(), y.repeat(n, 1, 1, 1)) + sigma**2 * torch.as_tensor(
+            q_fn(res.x.double()), dtype=torch.float64)
+        gxr = res.history["grad_x_rel"][-1]
+        gx = res.trajectory["grad_x"][-1]
+        for b in range(n * P):
+            out["runs"].append({
+                "algorithm": name, "start": starts[b // P], "truth": b % P,
+                "kernel_error": float(sc["kernel_error"][b]), "dirac_distance": float(sc["dirac_distance"][b]),
+                "spread": float(sc["spread"][b]), "psnr": float(sc["psnr"][b]),
+                "L_final": float(Lf[b]), "L_true": float(L_true[b % P]), "grad_x_final": float(gx[b]),
+                "grad_x_rel": float(gxr[b]),
+            })
+    return out
