@@ -126,3 +126,21 @@ def test_descent_on_a_gaussian_follows_its_closed_form():
                                              norm="ortho").real
     torch.testing.assert_close(x, expected, rtol=0, atol=1e-10)
     assert hist.shape == (6, 1) and hist[-1, 0] < hist[0, 0]
+
+
+def test_cli_theorem1_on_the_demo_prior(tmp_path, capsys):
+    """The sub-command end to end on one demo crop: a JSON record per image with finite numbers; (8) holds on a
+    textured crop (its singular value is the library's, recomputed here)."""
+    import json
+
+    from diractrap.cli import main
+    from diractrap.data import demo_images, load_image, save_image
+
+    f = tmp_path / "crop.png"
+    save_image(demo_images("test", 32)[40], f)
+    assert main(["theorem1", str(f), "--model", "demo", "--kernel-size", "9", "--theta", "1.5", "--lanczos", "4",
+                 "--sigma-g", "0.005", "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert all(math.isfinite(row[k]) for k in ("grad_norm", "lam_min", "lam_max", "j_smin", "dq_blur"))
+    s = kernel_jacobian_svals(load_image(f)[None].double(), 9)
+    assert row["j_smin"] == float(s[-1]) and row["cond8"]
