@@ -21,27 +21,11 @@ import time
 
 import torch
 
-from diractrap.blur import blur_same
 from diractrap.data import demo_images
 from diractrap.deconv import preset
 from diractrap.kernels import kernel, second_moment, small, wide
-from diractrap.mixture import MixturePrior, design_mode_scale, refine_mode
-from diractrap.priors import GaussianPrior
+from diractrap.mixture import demo_mixture
 from diractrap.theorem1 import converged_params, diagnose, mechanism
-
-
-def build_mixture(centre_ids, theta, K, w_modes=0.25, fraction=0.5):
-    """The broad Gaussian of the demo training crops plus modes at demo test crops ``centre_ids`` (first: the
-    critical truth); s from the first centre. Returns the prior, the refined modes and the refinement."""
-    broad = GaussianPrior.fit(demo_images("train", 32))
-    X = demo_images("test", 32).double()
-    mu = X[list(centre_ids)]
-    h = kernel("gaussian", theta, K, dtype=torch.float64)
-    s = design_mode_scale(broad, mu[:1], blur_same(mu[:1], h, "reflect"), w_modes, fraction=fraction)
-    w = [1 - w_modes * len(centre_ids)] + [w_modes] * len(centre_ids)
-    mix = MixturePrior(broad, mu, s, w)
-    ref = refine_mode(mix, mu)
-    return mix, ref
 
 
 def show(title, rows, cols):
@@ -74,11 +58,10 @@ def main():
     n_ext = args.n_ext or (60 if args.quick else 300)
     print(f"load average {os.getloadavg()}, threads {args.threads}, K {K}, Gaussian theta {theta}, n_ext {n_ext}")
     t0 = time.time()
-    mix, ref = build_mixture([args.critical, args.other_mode], theta, K)
+    mix, ref = demo_mixture([args.critical, args.other_mode], theta, K)
     print(f"mixture: s = {mix.s:.4f}, weights {[round(w, 3) for w in mix.weights.tolist()]}, refined modes "
           f"||grad q|| = {ref.residual.tolist()} (relative {ref.relative.tolist()}), moved "
-          f"{(ref.x - mix.centres).flatten(1).norm(dim=1).tolist()}")
-    mix.centres = ref.x.clone()  # the modes are now exact critical points (the move is below 1e-12 here)
+          f"{(ref.x - demo_images('test', 32).double()[[args.critical, args.other_mode]]).flatten(1).norm(dim=1).tolist()}")
     truths = torch.cat([ref.x[:1], demo_images("test", 32).double()[args.held_out : args.held_out + 1]])
     h = kernel("gaussian", theta, K, dtype=torch.float64)
     rows = diagnose(mix, truths, h, theta=theta, n_lanczos=30)
@@ -87,19 +70,19 @@ def main():
     show("Theorem 1 diagnostics on the mixture (exact q)", rows,
          ["truth", "grad_norm", "dq_blur", "dq_dt_path", "curv_blur", "lam_min", "lam_max", "n_kernel", "j_smin",
           "angle7", "angle9", "second_order", "cond8"])
-    algos = {"authors": preset("authors", n_ext=n_ext),
+    algos = {"authors": preset("authors", n_ext=n_ext),  # the authors' loop; n_ext shortened (their r_n spans it)
              "converged": converged_params(mix, truths, K, n_ext=n_ext, n_in=20 if args.quick else 100,
                                            n_in_first=300 if args.quick else 2000)}
     print(f"converged variant: gamma_x {algos['converged'].gamma_x:.4g}, gamma_h {algos['converged'].gamma_h:.4g} "
           "(1 / L_h at the truths)")
-    out = mechanism(mix, truths, theta, K, algos, n_iter_delta=300 if args.quick else 3000,
+    out = mechanism(mix, truths, theta, K, algos, starts=("wide", "small", "true", "truth"), n_iter_delta=300 if args.quick else 3000,
                     gamma_x_delta=algos["converged"].gamma_x)
     show("Ly along the semigroup path (t = 1: the truth, t = 0: (h_bar * x, delta))",
-         [r for r in out["path"] if round(r["t"] * 20) % 2 == 0 or r["t"] > 0.85], ["truth", "t", "data", "q", "L_minus_true"])
+         out["path"], ["truth", "t", "data", "q", "L_minus_true"])
     show("Statement 1 at the pair", out["statement1"], ["truth", "L_true", "L_path_end", "L_delta", "holds"])
     show("Algorithm 1 (truth 0: critical mode, 1: held-out crop)", out["runs"],
          ["algorithm", "start", "truth", "kernel_error", "dirac_distance", "spread", "psnr", "L_final", "L_true",
-          "grad_x_final", "grad_x_rel"])
+          "grad_x_final", "grad_x_rel", "r_mode"])
     print(f"\nspreads (px^2): true {float(second_moment(h)):.2f}, small start {float(second_moment(small(K, dtype=torch.float64))):.2f}, wide start {float(second_moment(wide(K, dtype=torch.float64))):.2f}; mixture part took {time.time() - t0:.0f} s")
     if args.network:
         network(args, K, theta, n_ext)

@@ -35,7 +35,7 @@ from torch import Tensor
 
 from .priors import _EigenGaussian
 
-__all__ = ["MixturePrior", "refine_mode", "ModeRefinement", "design_mode_scale"]
+__all__ = ["MixturePrior", "refine_mode", "ModeRefinement", "design_mode_scale", "demo_mixture"]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -227,3 +227,25 @@ def design_mode_scale(broad: _EigenGaussian, x_c: Tensor, x_blurred: Tensor, w_c
     if v <= sigma**2:
         raise ValueError(f"no s > 0 puts the mode at q = {target:.1f}: raise w_c or the fraction")
     return math.sqrt(v - sigma**2)
+
+
+def demo_mixture(centre_ids=(40, 100), theta: float = 2.5, kernel_size: int = 15, *, w_mode: float = 0.25,
+                 fraction: float = 0.5, resolution: int = 32) -> tuple[MixturePrior, ModeRefinement]:
+    """The mechanism experiment's prior: the stationary Gaussian fitted to the demo training crops plus modes at
+    the demo test crops ``centre_ids`` (weight ``w_mode`` each, the broad prior the rest), with s from
+    :func:`design_mode_scale` at the first centre and the Gaussian blur of std ``theta`` (K x K), then every
+    centre refined to an exact critical point of q (the prior's centres are replaced by the refined modes).
+    Returns the prior and the refinement record."""
+    from .blur import blur_same
+    from .data import demo_images
+    from .kernels import kernel
+    from .priors import GaussianPrior
+
+    broad = GaussianPrior.fit(demo_images("train", resolution))
+    mu = demo_images("test", resolution).double()[list(centre_ids)]
+    h = kernel("gaussian", theta, kernel_size, dtype=torch.float64)
+    s = design_mode_scale(broad, mu[:1], blur_same(mu[:1], h, "reflect"), w_mode, fraction=fraction)
+    mix = MixturePrior(broad, mu, s, [1 - w_mode * len(centre_ids)] + [w_mode] * len(centre_ids))
+    ref = refine_mode(mix, mu)
+    mix.centres = ref.x.clone()
+    return mix, ref

@@ -361,7 +361,8 @@ def converged_params(prior, x_true: Tensor, K: int, *, sigma: float = 0.01, n_ex
 
     Gradient x-steps of 1 / (1 + sigma^2 L_q) (L_q bounds the Hessian of q: ``lipschitz_q``, else the prior's
     ``lipschitz()``), n_in_first steps from the start then n_in warm-started steps per kernel step (x is never reset
-    after the first iteration, so it tracks argmin_x Ly as h moves); projected kernel step with the constant
+    after the first iteration, so it tracks argmin_x Ly as h moves; x starts from the given full-size image,
+    pad="observed"); projected kernel step with the constant
     gamma_h = 1 / L_h(x_true), the largest eigenvalue of A_x^T A_x on zero-sum kernels at the truth (the smallest of
     the batch: a step that decreases the kernel subproblem for every item). Returns deconv.Algorithm1Params.
     """
@@ -369,7 +370,7 @@ def converged_params(prior, x_true: Tensor, K: int, *, sigma: float = 0.01, n_ex
 
     Lq = float(prior.lipschitz() if lipschitz_q is None else lipschitz_q)
     L_h = float(kernel_lipschitz(x_true.double(), K, n_iter=100).max())
-    return preset("paper", n_ext=n_ext, n_in=n_in, n_in_first=n_in_first, n_in_warmup=1, reset=n_ext + 1,
+    return preset("paper", n_ext=n_ext, n_in=n_in, n_in_first=n_in_first, n_in_warmup=1, reset=n_ext + 1, pad="observed",
                   sigma=sigma, sigma_g=getattr(prior, "sigma_min", 0.001), gamma_x=1.0 / (1.0 + sigma**2 * Lq),
                   kernel_step="projected", kernel_schedule="constant", gamma_h=1.0 / L_h)
 
@@ -384,7 +385,7 @@ def mechanism(
     starts=("wide", "small", "true"),
     sigma: float = 0.01,  # paper
     seed: int = 0,
-    ts=tuple(i / 20 for i in range(21)),
+    ts=(0, 0.2, 0.4, 0.6, 0.8, 0.9, 0.95, 0.97, 0.98, 0.99, 0.995, 0.998, 1.0),  # dense near 1: the barrier
     q_fn: Callable[[Tensor], Tensor] | None = None,
     n_iter_delta: int = 3000,
     gamma_x_delta: float | None = None,
@@ -398,7 +399,10 @@ def mechanism(
     path's end (h_bar * x_true, delta) and at (x_delta, delta), x_delta by ``n_iter_delta`` gradient steps of the
     non-blind MAP with delta; ``holds`` = min of the two delta values < Ly(truth)); ``runs`` (per algorithm, start
     and truth: the metrics of the final pair, its Ly, Ly at the truth, ||grad_x Ly|| / its value at the reset before
-    the last kernel step). ``algorithms``: name -> deconv.Algorithm1Params. ``starts``: "wide", "small", "true".
+    the last kernel step; ``r_mode``, for a mixture, the posterior weight of the truth's own component at the final
+    x: near 1 when x ended in the mode's basin). ``algorithms``: name -> deconv.Algorithm1Params (with
+    pad="observed": x starts from the full-size blurry image). ``starts``: "wide", "small", "true" (h_bar, x from
+    the blurry image) and "truth" (h_bar and x_true itself: does the pair stay where Theorem 1 puts a minimiser?).
     ``q_fn``: x -> q(x) in nats (default ``prior.potential``, the closed form). Everything runs in float64.
     """
     from .deconv import algorithm1, data_term, initial_kernels, map_x
@@ -436,12 +440,24 @@ def mechanism(
                                   "L_delta": float(L_delta[p]),
                                   "holds": bool(min(float(L_delta[p]), float(L_end[p])) < float(L_true[p]))})
 
-    h0 = torch.cat([h_bar.expand(P, K, K) if s == "true" else initial_kernels(s, K, P, dtype=torch.float64)
+    h0 = torch.cat([h_bar.expand(P, K, K) if s in ("true", "truth") else initial_kernels(s, K, P, dtype=torch.float64)
                     for s in starts])
+    x0 = torch.cat([x_true if s == "truth" else y_full for s in starts])  # x's start (pad="observed")
     n = len(starts)
+    modes = getattr(prior, "centres", None)
+    out["kernels"] = {"h_true": h_bar.numpy(), "starts": list(starts)}
     for name, params in algorithms.items():
-        res = algorithm1(prior, y.repeat(n, 1, 1, 1), h0, params=params, y_full=y_full.repeat(n, 1, 1, 1),
+        if params.pad != "observed":
+            raise ValueError(f"algorithm {name!r}: the mechanism starts x from given images; use pad='observed'")
+        res = algorithm1(prior, y.repeat(n, 1, 1, 1), h0, params=params, y_full=x0,
                          labels=None if labels is None else labels.repeat(n), progress=progress)
+        out["kernels"][name] = res.h.double().numpy()
+        if modes is not None:  # which component is the truth's: the nearest centre (the critical truth's own)
+            own = (x_true[:, None] - modes[None]).flatten(2).norm(dim=2).argmin(1) + 1
+            r = prior.responsibilities(res.x.double())
+            r_mode = r[torch.arange(n * P), own.repeat(n)]
+        else:
+            r_mode = torch.full((n * P,), float("nan"))
         sc = metrics(res.x, res.h, x_true.repeat(n, 1, 1, 1), h_bar.expand(n * P, K, K))
         Lf = data_term(res.x.double(), res.h.double(), y.repeat(n, 1, 1, 1)) + sigma**2 * torch.as_tensor(
             q_fn(res.x.double()), dtype=torch.float64)
@@ -453,6 +469,6 @@ def mechanism(
                 "kernel_error": float(sc["kernel_error"][b]), "dirac_distance": float(sc["dirac_distance"][b]),
                 "spread": float(sc["spread"][b]), "psnr": float(sc["psnr"][b]),
                 "L_final": float(Lf[b]), "L_true": float(L_true[b % P]), "grad_x_final": float(gx[b]),
-                "grad_x_rel": float(gxr[b]),
+                "grad_x_rel": float(gxr[b]), "r_mode": float(r_mode[b]),
             })
     return out
