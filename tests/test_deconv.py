@@ -442,7 +442,8 @@ def test_make_problem_noise_is_per_item():
     torch.testing.assert_close(y[1:2], y1, rtol=0, atol=0)
 
 
-def test_cli_deblur_writes_its_outputs(tmp_path, monkeypatch):
+@pytest.mark.parametrize("preset", ["paper", "authors"])
+def test_cli_deblur_writes_its_outputs(tmp_path, monkeypatch, preset):
     from diractrap import cli
     from diractrap.data import save_image
     from diractrap.models import registry
@@ -453,19 +454,23 @@ def test_cli_deblur_writes_its_outputs(tmp_path, monkeypatch):
                               build=lambda device="cpu", **kw: prior)
     monkeypatch.setitem(registry.REGISTRY, "test-gauss", spec)
     x = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0))
-    y = deconv.make_problem(x, kernel("gaussian", 1.0, K), sigma=0.01)
-    save_image(y[0].clamp(0, 1), tmp_path / "blurry.png")
+    y, y_full = deconv.make_problem(x, kernel("gaussian", 1.0, K), sigma=0.01, full=True)
+    # the paper's preset takes the valid y (x is K - 1 larger); the authors' the blurry image at the size of x
+    save_image((y if preset == "paper" else y_full)[0].clamp(0, 1), tmp_path / "blurry.png")
     out = tmp_path / "out"
     rc = cli.main(["deblur", str(tmp_path / "blurry.png"), "--model", "test-gauss", "--kernel-size", str(K),
-                   "--init", "wide", "--out", str(out), "--n-ext", "4", "--n-in", "2", "--sigma-g", "0.01",
-                   "--no-progress"])
+                   "--preset", preset, "--init", "wide", "--out", str(out), "--n-ext", "4", "--n-in", "2",
+                   "--n-in-first", "3", "--sigma-g", "0.01", "--no-progress"])
     assert rc == 0
     for name in ("x_hat.png", "x_hat.npy", "h_hat.png", "h_hat.npy", "trajectory.npz", "summary.json"):
         assert (out / name).is_file(), name
     h_hat = np.load(out / "h_hat.npy")
     assert h_hat.shape == (K, K) and abs(h_hat.sum() - 1) < 1e-5 and (h_hat >= 0).all()
     assert np.load(out / "x_hat.npy").shape == (3, size, size)
-    assert json.loads((out / "summary.json").read_text())["settings"]["n_ext"] == 4
+    settings = json.loads((out / "summary.json").read_text())["settings"]
+    expected = deconv.preset(preset, n_ext=4, n_in=2, n_in_first=3, sigma_g=0.01)
+    assert {k: settings[k] for k in ("n_ext", "n_in", "n_in_first", "sigma_g", "inner", "kernel_step", "pad")} == {
+        k: getattr(expected, k) for k in ("n_ext", "n_in", "n_in_first", "sigma_g", "inner", "kernel_step", "pad")}
 
 
 def test_run_pairs_batches_pairs_and_starts():

@@ -97,7 +97,8 @@ def test_paper_dag_resolves_offline(repo_factory, capsys):
                  for m in models)
     assert counts["sweep_chunk"] == chunks * len(families) == 160
     assert counts["merge_sweep"] == len(models) == 4
-    assert counts["algorithm1"] == len(paper["deconv"]["pairs"]) * len(paper["deconv"]["starts"]) == 8
+    # one batched job per run and start (all pairs), plus the continuation from the wide start of each run
+    assert counts["algorithm1"] == len(paper["deconv"]["runs"]) * (len(paper["deconv"]["starts"]) + 1) == 6
     assert counts["download_checkpoint"] == 4 and counts["image_set"] == 4 and counts["dataset_shard"] == 3
     assert all(counts[f"fig{i}"] == 1 for i in range(1, 6)) and counts["statement1"] == 1
     assert "demo" not in "".join(re.findall(r"output: (.*)", out))  # the paper's selections replace the demo's
@@ -107,7 +108,9 @@ def test_paper_dag_resolves_offline(repo_factory, capsys):
 @pytest.mark.parametrize("overlay, named", [
     ({"sweep": {"chunck": 4}}, "chunck"),  # a misspelt key
     ({"sweep": {"chunk": "four"}}, "chunk"),  # a wrong type
-    ({"deconv": {"algorithm1": {"n_ext": 2.5}}}, "n_ext"),
+    ({"deconv": {"algorithm1": {"authors-demo": {"n_ext": 2.5}}}}, "n_ext"),
+    ({"deconv": {"algorithm1": {"authors-demo": {"gamma_h_scale": 3}}}}, "gamma_h_scale"),  # above 2 / L_h
+    ({"deconv": {"runs": ["authors-demo", "nonexistent"]}}, "deconv.runs[1]"),
     ({"figures": {"fig3": {"models": ["nonexistent"]}}}, "figures.fig3.models[0]"),  # a dangling reference
 ])
 def test_config_errors_name_the_key(repo_factory, tmp_path, overlay, named):
@@ -142,6 +145,11 @@ def test_demo_writes_five_figures_and_the_statement1_table(demo):
     s1 = pd.read_csv(demo / "results/deconv/demo/statement1.csv")
     assert len(s1) == len(config["deconv"]["pairs"])
     assert {"L_true", "L_delta", "L_hat", "delta_beats_true"} <= set(s1.columns)
+    a1 = pd.read_csv(demo / "results/deconv/demo/algorithm1.csv")
+    d = config["deconv"]
+    assert len(a1) == len(d["runs"]) * len(d["pairs"]) * (len(d["starts"]) + 1)  # + the continuation
+    assert set(a1["preset"]) == {d["algorithm1"][r]["preset"] for r in d["runs"]}
+    assert {"run", "start", "kernel_error", "final_grad_x_rel", "max_step_L"} <= set(a1.columns)
     table = pd.read_parquet(demo / "results/potential/demo.parquet")
     n_thetas = sum(len(f["thetas"]) for f in config["sweep"]["families"])
     assert len(table) == config["image_sets"]["demo32"]["count"] * n_thetas
@@ -264,11 +272,12 @@ def test_reduced_demo_through_slurm_equals_the_local_run(repo_factory, reduced_r
 
 
 def test_schema_knows_every_algorithm1_parameter():
-    """The config's deconv.algorithm1 keys are Algorithm1Params' fields (sigma excepted: it is deconv.sigma)."""
+    """A run's keys are a preset name and Algorithm1Params' fields (sigma excepted: it is deconv.sigma)."""
     import dataclasses
 
-    from diractrap.deconv import Algorithm1Params
+    from diractrap.deconv import PRESETS, Algorithm1Params
 
     schema = yaml.safe_load((ROOT / "workflow/schemas/config.schema.yaml").read_text())
-    keys = set(schema["properties"]["deconv"]["properties"]["algorithm1"]["properties"])
-    assert keys == {f.name for f in dataclasses.fields(Algorithm1Params)} - {"sigma"}
+    run = schema["$defs"]["algorithm1_run"]["properties"]
+    assert set(run) == {f.name for f in dataclasses.fields(Algorithm1Params)} - {"sigma"} | {"preset"}
+    assert set(run["preset"]["enum"]) == set(PRESETS)

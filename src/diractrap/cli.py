@@ -32,37 +32,67 @@ def main(argv: list[str] | None = None) -> int:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _add_deblur(sub) -> None:
-    from .deconv import Algorithm1Params
+_PARAM_HELP = {  # one line per Algorithm1Params field; the values come from the chosen preset unless given
+    "n_ext": "outer iterations N_ext (kernel steps)",
+    "n_in": "inner x-steps N_in per kernel step",
+    "n_in_first": "inner steps right after a reset, decreasing linearly to N_in (0 or less: none)",
+    "n_in_warmup": "outer iterations of that decrease",
+    "gamma_x": "x step size",
+    "gamma_x_decay": "gamma_x multiplied by this at every reset",
+    "gamma_h": "constant kernel step (kernel-schedule constant; 0 freezes the kernel)",
+    "gamma_h_scale": "lipschitz kernel step SCALE / L_h(x_n), SCALE < 2",
+    "gamma_h_decay": "lipschitz step decays log-linearly to this factor at N_ext",
+    "reset": "x restarts from y every RESET outer iterations",
+    "sigma": "noise std on [0, 1] (paper: 0.01)",
+    "sigma_g": "noise level of the small-noise score for grad q",
+    "pad": "x's start: y extended (replicate, reflect) or BLURRY itself at the size of x (observed)",
+    "inner": "x-solver: gradient or douglas-rachford",
+    "kernel_step": "projected (theta on the simplex) or chain (the paper's literal step; a one-way ratchet)",
+    "kernel_schedule": "constant, lipschitz or log-relative",
+    "rel_step": "log-relative schedule: r_n from the first to the second value",
+    "gamma_h_max": "log-relative schedule: largest kernel step",
+    "dr_sigma": "Douglas-Rachford denoiser noise level (fixed)",
+    "dr_sigma_scale": "Douglas-Rachford denoiser noise level = this x gamma_x",
+    "dr_clamp": "Douglas-Rachford: z clipped to [-CLAMP, 1 + CLAMP]",
+    "dr_restart": "Douglas-Rachford: restart z at x before every kernel step (true/false)",
+    "cg_iter": "conjugate-gradient iterations of the data prox",
+    "cg_tol": "conjugate-gradient tolerance on the squared residual",
+}
 
-    d = Algorithm1Params()
+
+def _bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes"):
+        return True
+    if text.lower() in ("0", "false", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _add_deblur(sub) -> None:
+    import dataclasses
+
+    from .deconv import PRESETS, Algorithm1Params
+
     p = sub.add_parser("deblur", help="blind deblurring by Algorithm 1 (MAP, alternating minimisation)",
-                       description="Run Algorithm 1 on BLURRY (the valid output: x-hat is K - 1 pixels larger) and "
-                       "write x_hat.png/.npy, h_hat.png/.npy, trajectory.npz and summary.json to --out.")
+                       description="Run Algorithm 1 on BLURRY and write x_hat.png/.npy, h_hat.png/.npy, "
+                       "trajectory.npz and summary.json to --out. With pad 'observed' (the authors' preset) x-hat has "
+                       "the size of BLURRY and the data term uses its valid centre; otherwise BLURRY is the valid "
+                       "output and x-hat is K - 1 pixels larger.")
     p.add_argument("blurry", help="blurry image file (PNG/JPEG), values read in [0, 1]")
     p.add_argument("--model", required=True, help="registered prior name or checkpoint path")
+    p.add_argument("--preset", default="authors", choices=sorted(PRESETS),
+                   help="Algorithm 1's parameter set (docs/ALGORITHM1.md); every option below overrides one value")
     p.add_argument("--kernel-size", type=int, default=21, help="K (paper: 21)")
     p.add_argument("--init", default="wide", choices=["wide", "small", "dirac"], help="initial kernel (paper: wide)")
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--n-ext", type=int, default=d.n_ext, help="outer iterations N_ext")
-    p.add_argument("--n-in", type=int, default=d.n_in, help="inner x-steps N_in")
-    p.add_argument("--n-in-first", type=int, default=d.n_in_first,
-                   help="inner steps right after a reset, decreasing to N_in (authors' warm-up; default: none)")
-    p.add_argument("--n-in-warmup", type=int, default=d.n_in_warmup, help="length of that warm-up")
-    p.add_argument("--gamma-x", type=float, default=d.gamma_x, help="x step (default 1 / (1 + sigma^2/sigma_g^2))")
-    p.add_argument("--gamma-h", type=float, default=d.gamma_h,
-                   help="a fixed kernel step (implies --kernel-schedule constant); default SCALE / L_h(x_n)")
-    p.add_argument("--gamma-h-scale", type=float, default=d.gamma_h_scale, help="SCALE above")
-    p.add_argument("--gamma-h-decay", type=float, default=d.gamma_h_decay,
-                   help="the lipschitz step decays log-linearly to this factor at N_ext (1: constant)")
-    p.add_argument("--reset", type=int, default=d.reset, help="x restarts from y every RESET outer iterations")
-    p.add_argument("--sigma", type=float, default=d.sigma, help="noise std on [0, 1] (paper: 0.01)")
-    p.add_argument("--sigma-g", type=float, default=d.sigma_g, help="noise level of the score for grad q")
-    p.add_argument("--inner", default=d.inner, choices=["gradient", "douglas-rachford"])
-    p.add_argument("--kernel-step", default=d.kernel_step, choices=["chain", "projected"])
-    p.add_argument("--kernel-schedule", default=None, choices=["lipschitz", "constant", "log-relative"],
-                   help=f"default {d.kernel_schedule}, or constant when --gamma-h is given")
-    p.add_argument("--pad", default=d.pad, choices=["replicate", "reflect"], help="how y is extended to start x")
+    group = p.add_argument_group("Algorithm 1 parameters (default: the preset's value)")
+    for f in dataclasses.fields(Algorithm1Params):
+        kind = {"bool": _bool, "str": str, "int": int}.get(type(PRESETS["paper"][f.name]).__name__, float)
+        if f.name in ("n_in_first", "n_in"):
+            kind = int
+        nargs = 2 if f.name == "rel_step" else None
+        group.add_argument(f"--{f.name.replace('_', '-')}", dest=f"param_{f.name}", type=kind, nargs=nargs,
+                           default=None, help=_PARAM_HELP[f.name])
     p.add_argument("--label", type=int, default=None, help="class label for a conditional prior")
     p.add_argument("--snapshot-every", type=int, default=None, help="trajectory period (default N_ext / 20)")
     p.add_argument("--device", default="cpu")
@@ -81,22 +111,23 @@ def _run_deblur(args) -> int:
     from .data import atomic_path, load_image, save_image
     from .models import get_denoiser
 
-    d = deconv.Algorithm1Params()
-    params = deconv.Algorithm1Params(
-        n_ext=args.n_ext, n_in=args.n_in, n_in_first=args.n_in_first, n_in_warmup=args.n_in_warmup,
-        gamma_x=args.gamma_x, gamma_h=args.gamma_h, gamma_h_scale=args.gamma_h_scale,
-        gamma_h_decay=args.gamma_h_decay, reset=args.reset,
-        sigma=args.sigma, sigma_g=args.sigma_g, pad=args.pad, inner=args.inner, kernel_step=args.kernel_step,
-        kernel_schedule=args.kernel_schedule or ("constant" if args.gamma_h is not None else d.kernel_schedule),
-    )
-    denoiser = get_denoiser(args.model, device=args.device)
-    y = load_image(args.blurry)[None].to(args.device)
-    labels = None if args.label is None else torch.tensor([args.label], device=args.device)
-    every = args.snapshot_every or max(1, args.n_ext // 20)
-    res = deconv.algorithm1(denoiser, y, args.init, kernel_size=args.kernel_size, params=params, labels=labels,
-                            snapshots=every, progress=not args.no_progress)
+    overrides = {k[len("param_"):]: v for k, v in vars(args).items() if k.startswith("param_") and v is not None}
+    if overrides.get("n_in_first", 1) <= 0:
+        overrides["n_in_first"] = None
+    params = deconv.preset(args.preset, **overrides)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)  # before the work: an unwritable --out fails now, not after the run
+    denoiser = get_denoiser(args.model, device=args.device)
+    image = load_image(args.blurry)[None].to(args.device)
+    K = args.kernel_size
+    if params.pad == "observed":  # BLURRY is the image at the size of x; the data term sees its valid centre
+        y, y_full = image[..., K - 1 - K // 2 : image.shape[-2] - K // 2, K - 1 - K // 2 : image.shape[-1] - K // 2], image
+    else:
+        y, y_full = image, None
+    labels = None if args.label is None else torch.tensor([args.label], device=args.device)
+    every = args.snapshot_every or max(1, params.n_ext // 20)
+    res = deconv.algorithm1(denoiser, y, args.init, kernel_size=K, params=params, labels=labels, y_full=y_full,
+                            snapshots=every, progress=not args.no_progress)
     for name, arr in (("x_hat", res.x[0].numpy()), ("h_hat", res.h[0].numpy())):
         with atomic_path(out / f"{name}.npy") as tmp:
             with open(tmp, "wb") as f:
@@ -105,8 +136,7 @@ def _run_deblur(args) -> int:
     save_image((res.h[0] / res.h[0].max())[None], out / "h_hat.png")  # scaled to its maximum for display
     deconv.save_result(out / "trajectory.npz", res, y=y.cpu().float().numpy())
     info = deconv.summary(res)
-    info["input"] = str(args.blurry)
-    info["model"] = args.model
+    info.update(input=str(args.blurry), model=args.model, preset=args.preset)
     with atomic_path(out / "summary.json") as tmp:
         tmp.write_text(json.dumps(info, indent=2, default=str))
     print(f"wrote {out}/x_hat.png, h_hat.png, trajectory.npz, summary.json")

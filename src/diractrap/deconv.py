@@ -15,16 +15,13 @@ minus its mean over S; zero elsewhere.
 
 x is started from y extended to the size of x: y padded by the kernel's reach (K - 1 - K // 2 pixels on the top
 and left, K // 2 on the bottom and right, the valid model's geometry) with replicate padding by default
-(``pad="reflect"`` also). The same extension starts every reset of Algorithm 1.
+(``pad="reflect"`` also), or, with ``pad="observed"``, from the blurry image at the size of x (``y_full``, the
+authors' geometry). The same start begins every reset of Algorithm 1.
 
-The authors' code (github.com/mh-nguyen712/blind_deblur_diffusion, ``putils/optimization.py``, function
-``optimization_loop``; read, not copied) differs from the paper's Algorithm 1, and ``Algorithm1Params`` offers its
-choices as options: Douglas-Rachford inner iterations with the denoiser D(z, 0.03 lr_x), lr_x = 0.05, as the
-prior's proximal step and the data prox solved by conjugate gradients (1000 iterations, tolerance 1e-5,
-``putils/linalg.py``), z clipped to [-0.2, 1.2]; a projected kernel step h <- P(h - lr grad_h) with
-lr = clip(r_n max|h| / max|grad_h|, 1e-7, 1e-3), r_n log-spaced from 1e-2 to 1e-7 over the run; inner steps
-decreasing from 50 to 10 over the first 15 kernel steps after each reset of x to y. Their x-gradient applies the
-prior to the centre (H - K + 1) x (W - K + 1) crop of x only; here q acts on the whole x, as the paper writes Ly.
+Algorithm 1 comes with two complete parameter sets, ``PRESETS``: "paper" (the algorithm as the paper writes it) and
+"authors" (the authors' published optimisation loop: Douglas-Rachford x-steps with the denoiser as the prior's
+proximal step, a projected kernel step with a log-decaying relative step). docs/ALGORITHM1.md gives the source of
+every value and where the authors' code is not followed.
 
 Sections: the objective and its gradients; x-minimisation (gradient descent and the authors' Douglas-Rachford);
 Algorithm 1. Synthetic problems and result files are in :mod:`diractrap.problems`, the metrics in
@@ -465,6 +462,16 @@ class Algorithm1Result:
     settings: dict = field(default_factory=dict)
     history: dict[str, np.ndarray] = field(default_factory=dict)
 
+    def item(self, b: int) -> "Algorithm1Result":
+        """Problem b of the batch as a batch of one (per-item settings such as the constant step are sliced)."""
+        s = slice(b, b + 1)
+        per_item = ("gamma_h_used", "kernel_steps_clamped")
+        settings = {k: (v[s] if k in per_item and isinstance(v, list) else v) for k, v in self.settings.items()}
+        return Algorithm1Result(
+            x=self.x[s], h=self.h[s], theta=self.theta[s],
+            trajectory={k: (v if k == "iteration" else v[:, s]) for k, v in self.trajectory.items()},
+            settings=settings, history={k: v[:, s] for k, v in self.history.items()})
+
 
 def initial_kernels(init, kernel_size: int, batch: int, *, dtype=torch.float32, device=None) -> Tensor:
     """(B, K, K) starting kernels: "wide" (1/K^2), "small" (Gaussian of std 1.5), "dirac", or a given (K, K) /
@@ -663,8 +670,19 @@ def algorithm1(
     return Algorithm1Result(x=x.cpu(), h=h.cpu(), theta=theta.cpu(), trajectory=trajectory, settings=settings,
                             history=history)
 
-# The rest of the deconvolution API lives in its own modules and is re-exported here (imported last: those modules
-# import the objective and Algorithm 1 from this one).
-from .metrics import metrics, psnr, ssim  # noqa: E402
-from .problems import PairsRun, item_generator, make_problem, run_pairs, save_result, summary, table_rows  # noqa: E402
-from .statement1 import Statement1Result, semigroup_path, statement1  # noqa: E402
+# The rest of the deconvolution API lives in its own modules (which import this one) and is reachable from here too,
+# resolved on first use (PEP 562) so that importing either module first works.
+_ELSEWHERE = {
+    **dict.fromkeys(("metrics", "psnr", "ssim"), "metrics"),
+    **dict.fromkeys(("PairsRun", "item_generator", "make_problem", "run_pairs", "save_result", "load_result",
+                     "summary", "table_rows"), "problems"),
+    **dict.fromkeys(("Statement1Result", "semigroup_path", "statement1"), "statement1"),
+}
+
+
+def __getattr__(name: str):
+    if name in _ELSEWHERE:
+        import importlib
+
+        return getattr(importlib.import_module(f"{__package__}.{_ELSEWHERE[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

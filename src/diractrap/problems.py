@@ -19,7 +19,8 @@ from .data import atomic_path
 from .deconv import Algorithm1Params, Algorithm1Result, algorithm1, initial_kernels
 from .metrics import metrics
 
-__all__ = ["item_generator", "make_problem", "PairsRun", "run_pairs", "save_result", "table_rows", "summary"]
+__all__ = ["item_generator", "make_problem", "save_problem", "load_problem", "PairsRun", "run_pairs", "save_result",
+           "load_result", "table_rows", "summary", "run_job"]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -62,6 +63,22 @@ def make_problem(
     y_full = blur_same(x, h, boundary) + sigma * border.to(x)
     y_full[..., top : top + y.shape[-2], left : left + y.shape[-1]] = y
     return y, y_full
+
+
+def save_problem(path, x_true: Tensor, h_true: Tensor, y: Tensor, y_full: Tensor, *, label: int = -1,
+                 image: str = "") -> None:
+    """One problem file (.npz): x_true (C, H, W), h_true (K, K), y (C, h, w), y_full (C, H, W), label, image."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez_compressed(f, x_true=x_true.numpy(), h_true=h_true.numpy(), y=y.numpy(), y_full=y_full.numpy(),
+                            label=np.int64(label), image=np.asarray(image))
+
+
+def load_problem(path) -> dict:
+    """A problem file as a dict: tensors x_true, h_true, y, y_full (float64), and ``label`` (int), ``image`` (str)."""
+    with np.load(path, allow_pickle=False) as z:
+        out = {k: torch.from_numpy(z[k]) for k in ("x_true", "h_true", "y", "y_full")}
+        out.update(label=int(z["label"]), image=str(z["image"]))
+    return out
 
 
 @dataclass
@@ -128,6 +145,12 @@ def save_result(path, result: Algorithm1Result, **extra: np.ndarray) -> None:
             np.savez_compressed(f, **arrays)
 
 
+def load_result(path) -> dict[str, np.ndarray]:
+    """The arrays of a result file written by :func:`save_result` (the settings JSON excluded)."""
+    with np.load(path, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files if k != "settings"}
+
+
 _FINAL = ("data", "grad_x", "grad_theta", "spread", "h_max", "q", "total")  # trajectory columns reported at the end
 
 
@@ -175,3 +198,46 @@ def summary(result: Algorithm1Result, scores: dict[str, Tensor] | None = None) -
     if scores is not None:
         out["metrics"] = {k: torch.as_tensor(v).tolist() for k, v in scores.items()}
     return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# One workflow job: a run (complete parameters) from one start on every problem file, batched
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def run_job(denoiser, problem_files, start, job: dict, run_files, summary_files, *, start_name: str,
+            progress: bool = True) -> list[dict]:
+    """Algorithm 1 on the problems in ``problem_files`` (pair b = file b) in one batch, from ``start`` (a start name,
+    or result files whose final kernels start the run), with ``job["algorithm1"]`` (every field of
+    Algorithm1Params). Writes per pair a result file and a JSON summary with its table row; returns the rows.
+
+    ``job`` also carries: device, labels (diractrap.datasets.class_labels mode), kernel_size, snapshots, run and
+    preset (the table's names), model, pairs (the config's pair definitions: family, theta, angle).
+    """
+    from .datasets import class_labels
+
+    probs = [load_problem(f) for f in problem_files]
+    dev = job["device"]
+
+    def stack(key):
+        return torch.stack([p[key] for p in probs])
+
+    y, y_full = stack("y").float().to(dev), stack("y_full").float().to(dev)
+    labels = class_labels(job["labels"], [p["label"] for p in probs])
+    h0 = start if isinstance(start, str) else torch.stack([torch.from_numpy(load_result(f)["h"][0]) for f in start])
+    params = Algorithm1Params(**{**job["algorithm1"], "rel_step": tuple(job["algorithm1"]["rel_step"])})
+    res = algorithm1(denoiser, y, h0, kernel_size=job["kernel_size"], params=params, y_full=y_full,
+                     labels=None if labels is None else labels.to(dev), snapshots=job["snapshots"], progress=progress)
+    scores = metrics(res.x, res.h, stack("x_true"), stack("h_true"))
+    rows = []
+    for b, (run_path, summary_path) in enumerate(zip(run_files, summary_files)):
+        r, s, d = res.item(b), {k: v[b : b + 1] for k, v in scores.items()}, job["pairs"][b]
+        save_result(run_path, r, x_true=probs[b]["x_true"].numpy(), h_true=probs[b]["h_true"].numpy(),
+                    y=probs[b]["y"].numpy())
+        row = table_rows(r, s, pair=b, start=start_name, run=job["run"], preset=job["preset"], image=probs[b]["image"],
+                         family=d["family"], theta=d["theta"], angle=d.get("angle"), model=job["model"])[0]
+        with atomic_path(summary_path) as tmp:
+            tmp.write_text(json.dumps({"summary": summary(r, s), "rows": [row]}, indent=1, default=str))
+        rows.append(row)
+        print(json.dumps(row, default=str))
+    return rows

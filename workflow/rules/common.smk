@@ -4,7 +4,10 @@ from pathlib import Path
 
 from snakemake.utils import validate
 
+import dataclasses
+
 from diractrap.datasets import DATASETS, SHARDS, shard_path
+from diractrap.deconv import preset
 from diractrap.models import REGISTRY, checkpoint_path
 
 
@@ -77,11 +80,22 @@ def check_references():
             config_error("deconv.starts", f"Figure 4 compares the wide and small starts: {start!r} is missing")
     if DECONV["statement1"]["start"] not in DECONV["starts"]:
         config_error("deconv.statement1.start", "must be one of deconv.starts")
+    defined = DECONV["algorithm1"]
+    for key, run in [(f"deconv.runs[{i}]", r) for i, r in enumerate(DECONV["runs"])] + [
+        ("deconv.statement1.run", DECONV["statement1"]["run"]), ("figures.fig4.run", FIGS["fig4"]["run"]),
+        ("figures.fig5.run", FIGS["fig5"]["run"])]:
+        if run not in DECONV["runs"]:
+            config_error(key, f"{run!r} is not one of deconv.runs ({', '.join(DECONV['runs'])})")
+        if run not in defined:
+            config_error(key, f"{run!r} is not defined under deconv.algorithm1 ({', '.join(defined)})")
+    for run in DECONV["runs"]:
+        resolved_run(run)
+    cont = DECONV.get("continuation")
+    if cont and cont["start"] not in DECONV["starts"]:
+        config_error("deconv.continuation.start", "must be one of deconv.starts")
     if config["extras"] and config["demo_prior"]["model"] not in models:
         config_error("demo_prior.model", "is not defined under models")
 
-
-check_references()
 
 
 wildcard_constraints:
@@ -89,7 +103,8 @@ wildcard_constraints:
     family="gaussian|motion|airy|defocus",
     chunk=r"\d+",
     pair=r"\d+",
-    start="wide|small|dirac",
+    start="wide|small|dirac|continued",
+    run="[A-Za-z0-9_-]+",
     set="[A-Za-z0-9_-]+",
     shard="|".join(SHARDS),
     path=r"[A-Za-z0-9_./-]+\.parquet",
@@ -209,7 +224,7 @@ def sweep_params(wildcards):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Algorithm 1 and Statement 1: one job per (pair, start)
+# Algorithm 1 and Statement 1: one job per (run, start), all pairs batched (every problem evolves independently)
 # ---------------------------------------------------------------------------------------------------------------
 
 
@@ -222,8 +237,29 @@ def problem_file(pair):
     return f"{DECONV_DIR}/pair{pair}/problem.npz"
 
 
-def run_file(pair, start, ext="npz"):
-    return f"{DECONV_DIR}/pair{pair}/{start}.{ext}"
+def run_file(run, pair, start, ext="npz"):
+    return f"{DECONV_DIR}/{run}/pair{pair}/{start}.{ext}"
+
+
+def all_pairs():
+    return range(len(DECONV["pairs"]))
+
+
+def run_starts():
+    """The starts every run is made from, plus "continued" when a continuation is configured."""
+    return list(DECONV["starts"]) + (["continued"] if DECONV.get("continuation") else [])
+
+
+def resolved_run(run):
+    """A run's complete Algorithm 1 parameters: its preset (diractrap.deconv.PRESETS) with the config's overrides
+    and the problems' sigma, checked by the library (an unknown key or value stops the parse, naming the run)."""
+    spec = dict(DECONV["algorithm1"][run])
+    name = spec.pop("preset")
+    try:
+        params = preset(name, **spec, sigma=DECONV["sigma"])
+    except (TypeError, ValueError) as e:
+        config_error(f"deconv.algorithm1.{run}", str(e))
+    return dataclasses.asdict(params)
 
 
 def pair_params(wildcards):
@@ -232,33 +268,42 @@ def pair_params(wildcards):
                 angle=p.get("angle"), kernel_size=DECONV["kernel_size"], sigma=DECONV["sigma"], seed=DECONV["seed"])
 
 
+def algorithm1_outputs(ext):
+    return [run_file("{run}", p, "{start}", ext) for p in all_pairs()]
+
+
 def algorithm1_inputs(wildcards):
-    return dict(problem=problem_file(wildcards.pair), weights=checkpoint_file(DECONV["model"]))
+    inputs = dict(problems=[problem_file(p) for p in all_pairs()], weights=checkpoint_file(DECONV["model"]))
+    if wildcards.start == "continued":  # from the final kernels of the configured start
+        inputs["starts"] = [run_file(wildcards.run, p, DECONV["continuation"]["start"]) for p in all_pairs()]
+    return inputs
 
 
 def algorithm1_params(wildcards):
-    return dict(model_job(DECONV["model"]), sigma=DECONV["sigma"], kernel_size=DECONV["kernel_size"],
-                algorithm1=dict(DECONV["algorithm1"]), snapshots=DECONV["snapshots"])
-
-
-def all_pairs():
-    return range(len(DECONV["pairs"]))
+    params = resolved_run(wildcards.run)
+    if wildcards.start == "continued":
+        params.update({k: v for k, v in DECONV["continuation"].items() if k != "start"})
+    return dict(model_job(DECONV["model"]), run=wildcards.run, preset=DECONV["algorithm1"][wildcards.run]["preset"],
+                kernel_size=DECONV["kernel_size"], algorithm1=params, snapshots=DECONV["snapshots"],
+                pairs=DECONV["pairs"])
 
 
 def statement1_inputs(wildcards):
-    start = DECONV["statement1"]["start"]
-    return dict(problems=[problem_file(p) for p in all_pairs()], runs=[run_file(p, start) for p in all_pairs()],
-                weights=checkpoint_file(DECONV["model"]))
+    s = DECONV["statement1"]
+    return dict(problems=[problem_file(p) for p in all_pairs()],
+                runs=[run_file(s["run"], p, s["start"]) for p in all_pairs()], weights=checkpoint_file(DECONV["model"]))
 
 
 def statement1_params(wildcards):
-    return dict(model_job(DECONV["model"]), sigma=DECONV["sigma"], sigma_g=DECONV["algorithm1"]["sigma_g"],
-                pad=DECONV["algorithm1"].get("pad", "replicate"), n_iter_delta=DECONV["statement1"]["n_iter_delta"],
-                start=DECONV["statement1"]["start"], potential=dict(SWEEP["potential"]), pairs=DECONV["pairs"])
+    s = DECONV["statement1"]
+    run = resolved_run(s["run"])
+    return dict(model_job(DECONV["model"]), sigma=DECONV["sigma"], sigma_g=run["sigma_g"],
+                pad="replicate" if run["pad"] == "observed" else run["pad"], n_iter_delta=s["n_iter_delta"],
+                start=s["start"], run=s["run"], potential=dict(SWEEP["potential"]), pairs=DECONV["pairs"])
 
 
 def algorithm1_summaries(wildcards):
-    return [run_file(p, s, "json") for p in all_pairs() for s in DECONV["starts"]]
+    return [run_file(r, p, s, "json") for r in DECONV["runs"] for p in all_pairs() for s in run_starts()]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -294,14 +339,13 @@ def fig2_families(wildcards):
 
 
 def fig4_inputs(wildcards):
-    p = FIGS["fig4"]["pair"]
-    return dict(problem=problem_file(p), runs=[run_file(p, s) for s in ("wide", "small")])
+    f, p = FIGS["fig4"], FIGS["fig4"]["pair"]
+    return dict(problem=problem_file(p), runs=[run_file(f["run"], p, s) for s in ("wide", "small")])
 
 
 def fig5_inputs(wildcards):
-    start = DECONV["statement1"]["start"]
-    pairs = FIGS["fig5"]["pairs"]
-    return dict(problems=[problem_file(p) for p in pairs], runs=[run_file(p, start) for p in pairs])
+    f = FIGS["fig5"]
+    return dict(problems=[problem_file(p) for p in f["pairs"]], runs=[run_file(f["run"], p, "wide") for p in f["pairs"]])
 
 
 def fig5_titles(wildcards):
@@ -341,3 +385,6 @@ def final_outputs():
     tables = [sweep_table(m) for m in SWEEP["models"]]
     tables += [f"{DECONV_DIR}/statement1.csv", f"{DECONV_DIR}/algorithm1.csv"]
     return figures + tables + extra_outputs()
+
+
+check_references()  # last: it uses the helpers above

@@ -1,5 +1,6 @@
-# Sections 3-4: blind deconvolution problems (x_bar, h_bar, y), Algorithm 1 from each start (one job per pair and
-# start), the table of its results, and the Statement 1 table (Ly at the truth, at (x_delta, delta), at Algorithm 1).
+# Sections 3-4: blind deconvolution problems (x_bar, h_bar, y), Algorithm 1 for each configured run (a preset with
+# overrides) from each start, all pairs in one batched job, optionally continued from one start's final kernels;
+# the table of its results, and the Statement 1 table (Ly at the truth, at (x_delta, delta), at Algorithm 1).
 
 
 localrules:
@@ -29,13 +30,12 @@ rule algorithm1:
     input:
         unpack(algorithm1_inputs),
     output:
-        run=f"{DECONV_DIR}/pair{{pair}}/{{start}}.npz",
-        summary=f"{DECONV_DIR}/pair{{pair}}/{{start}}.json",
+        runs=algorithm1_outputs("npz"),
+        summaries=algorithm1_outputs("json"),
     params:
         job=algorithm1_params,
-        pair=pair_params,
     log:
-        f"{LOGS}/deconv/pair{{pair}}/{{start}}.log",
+        f"{LOGS}/deconv/{{run}}/{{start}}.log",
     threads: deconv_resources("threads")
     resources:
         gpu=deconv_resources("gpu"),

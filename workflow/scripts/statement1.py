@@ -11,15 +11,15 @@ import torch
 
 from diractrap.data import atomic_path
 from diractrap.datasets import class_labels
-from diractrap.deconv import statement1
-from diractrap.figures import load_run
+from diractrap.problems import load_result
+from diractrap.statement1 import statement1
 from diractrap.models import get_denoiser
 
 job = snakemake.params.job
 weights_dir = Path(snakemake.input.weights[0]).parent if snakemake.input.weights else None
 torch.set_num_threads(snakemake.threads)
 probs = [dict(np.load(f)) for f in snakemake.input.problems]
-runs = [load_run(f) for f in snakemake.input.runs]
+runs = [load_result(f) for f in snakemake.input.runs]
 dev = job["device"]
 
 
@@ -34,7 +34,7 @@ res = statement1(denoiser, stack([p["y"] for p in probs]), stack([p["x_true"] fo
                  sigma=job["sigma"], sigma_g=job["sigma_g"], n_iter_delta=job["n_iter_delta"], pad=job["pad"],
                  labels=None if labels is None else labels.to(dev), potential_options=job["potential"], progress=True)
 pairs = pd.DataFrame(job["pairs"]).assign(pair=range(len(probs)), image_name=[str(p["image"]) for p in probs],
-                                          model=job["model"], start=job["start"])
+                                          model=job["model"], run=job["run"], start=job["start"])
 table = pd.concat([pairs, pd.DataFrame(res.rows)], axis=1)
 with atomic_path(snakemake.output[0]) as tmp:
     table.to_csv(tmp, index=False)

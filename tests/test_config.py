@@ -1,0 +1,64 @@
+"""The settings a run will really use: config/paper.yaml resolved on top of what the Snakefile loads first
+(config/demo.yaml), merged recursively as snakemake does (snakemake.utils.update_config)."""
+
+import copy
+import dataclasses
+
+import pytest
+import yaml
+from snakemake.utils import update_config
+
+from conftest import ROOT
+from diractrap.deconv import PRESETS, preset
+
+
+def load(name):
+    return yaml.safe_load((ROOT / "config" / name).read_text())
+
+
+def resolved(*names):
+    config = {}
+    for name in names:
+        update_config(config, copy.deepcopy(load(name)))
+    return config
+
+
+def run_params(config, run):
+    spec = dict(config["deconv"]["algorithm1"][run])
+    return preset(spec.pop("preset"), **spec, sigma=config["deconv"]["sigma"])
+
+
+def test_paper_runs_are_exactly_their_presets():
+    """No Algorithm 1 value of the demo leaks into the paper run: each paper run equals its preset field by field."""
+    config = resolved("demo.yaml", "paper.yaml")
+    assert config["deconv"]["runs"] == ["authors", "paper"]
+    for run in config["deconv"]["runs"]:
+        got = dataclasses.asdict(run_params(config, run))
+        name = config["deconv"]["algorithm1"][run]["preset"]
+        assert name == run
+        want = dataclasses.asdict(preset(name, sigma=0.01))
+        assert got == want, {k: (got[k], want[k]) for k in got if got[k] != want[k]}
+    # the figures and Statement 1 draw the authors' loop (Figures 4-5 of the paper were made by it)
+    assert config["figures"]["fig4"]["run"] == config["figures"]["fig5"]["run"] == "authors"
+    assert config["deconv"]["statement1"]["run"] == "authors"
+    assert config["deconv"]["kernel_size"] == 21 and config["deconv"]["sigma"] == 0.01
+    # and the demo's definitions, present in the merged config, are not selected
+    assert not set(config["deconv"]["runs"]) & set(load("demo.yaml")["deconv"]["runs"])
+
+
+def test_paper_potential_settings_are_its_own():
+    config = resolved("demo.yaml", "paper.yaml")
+    own = load("paper.yaml")["sweep"]["potential"]
+    schema = yaml.safe_load((ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    assert set(own) == set(schema["$defs"]["potential"]["required"])  # every setting stated, none inherited
+    assert config["sweep"]["potential"] == own
+    assert (own["solver"], own["rtol"], own["atol"]) == ("dopri5", 1e-5, 1e-5)  # score_sde's tolerances
+
+
+@pytest.mark.parametrize("name", ["demo.yaml", "paper.yaml"])
+def test_every_configured_run_is_a_valid_parameter_set(name):
+    config = resolved("demo.yaml", name)
+    for run in config["deconv"]["runs"]:
+        p = run_params(config, run)
+        assert p.kernel_schedule != "lipschitz" or p.gamma_h_scale < 2
+        assert config["deconv"]["algorithm1"][run]["preset"] in PRESETS
