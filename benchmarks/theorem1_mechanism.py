@@ -62,6 +62,11 @@ def main():
     print(f"mixture: s = {mix.s:.4f}, weights {[round(w, 3) for w in mix.weights.tolist()]}, refined modes "
           f"||grad q|| = {ref.residual.tolist()} (relative {ref.relative.tolist()}), moved "
           f"{(ref.x - demo_images('test', 32).double()[[args.critical, args.other_mode]]).flatten(1).norm(dim=1).tolist()}")
+    xc = ref.x[:1]
+    margin = float(mix.broad.potential(xc) - mix.potential(xc))
+    radius = (2 * (mix.s**2 + mix.sigma_min**2) * margin) ** 0.5
+    print(f"mode's basin: q_broad(x_c) - q(x_c) = {margin:.1f} nats; the narrow component stops dominating at "
+          f"||x - x_c|| ~ sqrt(2 s^2 margin) = {radius:.2f} (RMS {radius / xc.numel() ** 0.5:.4f} per pixel)")
     truths = torch.cat([ref.x[:1], demo_images("test", 32).double()[args.held_out : args.held_out + 1]])
     h = kernel("gaussian", theta, K, dtype=torch.float64)
     rows = diagnose(mix, truths, h, theta=theta, n_lanczos=30)
@@ -82,7 +87,7 @@ def main():
     show("Statement 1 at the pair", out["statement1"], ["truth", "L_true", "L_path_end", "L_delta", "holds"])
     show("Algorithm 1 (truth 0: critical mode, 1: held-out crop)", out["runs"],
          ["algorithm", "start", "truth", "kernel_error", "dirac_distance", "spread", "psnr", "L_final", "L_true",
-          "grad_x_final", "grad_x_rel", "r_mode"])
+          "grad_x_final", "grad_x_rel", "r_mode", "x_rmse"])
     print(f"\nspreads (px^2): true {float(second_moment(h)):.2f}, small start {float(second_moment(small(K, dtype=torch.float64))):.2f}, wide start {float(second_moment(wide(K, dtype=torch.float64))):.2f}; mixture part took {time.time() - t0:.0f} s")
     if args.network:
         network(args, K, theta, n_ext)

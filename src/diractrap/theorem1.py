@@ -400,7 +400,7 @@ def mechanism(
     non-blind MAP with delta; ``holds`` = min of the two delta values < Ly(truth)); ``runs`` (per algorithm, start
     and truth: the metrics of the final pair, its Ly, Ly at the truth, ||grad_x Ly|| / its value at the reset before
     the last kernel step; ``r_mode``, for a mixture, the posterior weight of the truth's own component at the final
-    x: near 1 when x ended in the mode's basin). ``algorithms``: name -> deconv.Algorithm1Params (with
+    x: near 1 when x ended in the mode's basin; ``x_rmse``, the RMS distance of the final x to x_true, whole image). ``algorithms``: name -> deconv.Algorithm1Params (with
     pad="observed": x starts from the full-size blurry image). ``starts``: "wide", "small", "true" (h_bar, x from
     the blurry image) and "truth" (h_bar and x_true itself: does the pair stay where Theorem 1 puts a minimiser?).
     ``q_fn``: x -> q(x) in nats (default ``prior.potential``, the closed form). Everything runs in float64.
@@ -470,5 +470,6 @@ def mechanism(
                 "spread": float(sc["spread"][b]), "psnr": float(sc["psnr"][b]),
                 "L_final": float(Lf[b]), "L_true": float(L_true[b % P]), "grad_x_final": float(gx[b]),
                 "grad_x_rel": float(gxr[b]), "r_mode": float(r_mode[b]),
+                "x_rmse": float((res.x[b].double() - x_true[b % P]).pow(2).mean().sqrt()),
             })
     return out
