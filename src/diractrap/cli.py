@@ -397,7 +397,8 @@ def _add_theorem1(sub) -> None:
     p = sub.add_parser("theorem1", help="Theorem 1's hypotheses at images: grad q, Hessian extremes, (7)-(9)",
                        description="For each image and the kernel (--kernel, --theta): ||grad q||, dq along the blur "
                        "family and Statement 1's semigroup path, the extreme Hessian eigenvalues by Lanczos, "
-                       "condition (8) (smallest singular value of the kernel Jacobian on zero-sum kernels) and (7), (9) "
+                       "condition (8) (smallest singular value of the kernel Jacobian on zero-sum kernels) and (7), "
+                       "(9) "
                        "as principal angles. With --descend N, first move each image N steps down q.")
     p.add_argument("images", nargs="+", help="image files (PNG/JPEG) of one size, values read in [0, 1]")
     p.add_argument("--model", required=True, help="registered prior name or checkpoint path (e.g. demo)")

@@ -24,8 +24,8 @@ import torch  # noqa: E402
 
 from .data import atomic_path  # noqa: E402
 
-__all__ = ["STYLE", "use_style", "save", "kernel_gallery", "load_run", "fig1", "fig2", "fig3", "fig4", "fig5", "fig_theorem1",
-           "samples_figure"]
+__all__ = ["STYLE", "use_style", "save", "kernel_gallery", "load_run", "fig1", "fig2", "fig3", "fig4", "fig5",
+           "fig_theorem1", "samples_figure"]
 
 STYLE = Path(__file__).with_name("diractrap.mplstyle")
 WIDTH = 7.0  # inches: a two-column paper's text width

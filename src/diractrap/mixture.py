@@ -167,7 +167,8 @@ class ModeRefinement:
         self.x, self.residual, self.relative, self.n_iter = x, residual, relative, n_iter
 
 
-def refine_mode(prior: MixturePrior, x0: Tensor, *, sigma=None, n_iter: int = 100, rtol: float = 1e-12) -> ModeRefinement:
+def refine_mode(prior: MixturePrior, x0: Tensor, *, sigma=None, n_iter: int = 100,
+                rtol: float = 1e-12) -> ModeRefinement:
     """Move each image of x0 (B, C, H, W) to a critical point of q_sigma (default sigma_min) by mean shift.
 
     With the responsibilities r frozen at the current x, sum_k r_k grad q_k(x') = 0 is linear in x' and diagonal

@@ -370,7 +370,8 @@ def converged_params(prior, x_true: Tensor, K: int, *, sigma: float = 0.01, n_ex
 
     Lq = float(prior.lipschitz() if lipschitz_q is None else lipschitz_q)
     L_h = float(kernel_lipschitz(x_true.double(), K, n_iter=100).max())
-    return preset("paper", n_ext=n_ext, n_in=n_in, n_in_first=n_in_first, n_in_warmup=1, reset=n_ext + 1, pad="observed",
+    return preset("paper", n_ext=n_ext, n_in=n_in, n_in_first=n_in_first, n_in_warmup=1, reset=n_ext + 1,
+                  pad="observed",
                   sigma=sigma, sigma_g=getattr(prior, "sigma_min", 0.001), gamma_x=1.0 / (1.0 + sigma**2 * Lq),
                   kernel_step="projected", kernel_schedule="constant", gamma_h=1.0 / L_h)
 
@@ -400,9 +401,10 @@ def mechanism(
     non-blind MAP with delta; ``holds`` = min of the two delta values < Ly(truth)); ``runs`` (per algorithm, start
     and truth: the metrics of the final pair, its Ly, Ly at the truth, ||grad_x Ly|| / its value at the reset before
     the last kernel step; ``r_mode``, for a mixture, the posterior weight of the truth's own component at the final
-    x: near 1 when x ended in the mode's basin; ``x_rmse``, the RMS distance of the final x to x_true, whole image). ``algorithms``: name -> deconv.Algorithm1Params (with
-    pad="observed": x starts from the full-size blurry image). ``starts``: "wide", "small", "true" (h_bar, x from
-    the blurry image) and "truth" (h_bar and x_true itself: does the pair stay where Theorem 1 puts a minimiser?).
+    x: near 1 when x ended in the mode's basin; ``x_rmse``, the RMS distance of the final x to x_true, whole
+    image). ``algorithms``: name -> deconv.Algorithm1Params (with pad="observed": x starts from the full-size
+    blurry image). ``starts``: "wide", "small", "true" (h_bar, x from the blurry image) and "truth" (h_bar and
+    x_true itself: does the pair stay where Theorem 1 puts a minimiser?).
     ``q_fn``: x -> q(x) in nats (default ``prior.potential``, the closed form). Everything runs in float64.
     """
     from .deconv import algorithm1, data_term, initial_kernels, map_x
