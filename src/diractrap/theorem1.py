@@ -356,7 +356,7 @@ def diagnose(
 
 
 def converged_params(prior, x_true: Tensor, K: int, *, sigma: float = 0.01, n_ext: int = 300, n_in: int = 100,
-                     n_in_first: int = 2000, lipschitz_q: float | None = None):
+                     n_in_first: int = 2000, lipschitz_q: float | None = None, sigma_g: float | None = None):
     """Algorithm 1 with the x-subproblem solved before every kernel step and a safe constant kernel step.
 
     Gradient x-steps of 1 / (1 + sigma^2 L_q) (L_q bounds the Hessian of q: ``lipschitz_q``, else the prior's
@@ -368,11 +368,14 @@ def converged_params(prior, x_true: Tensor, K: int, *, sigma: float = 0.01, n_ex
     """
     from .deconv import kernel_lipschitz, preset
 
-    Lq = float(prior.lipschitz() if lipschitz_q is None else lipschitz_q)
+    sigma_g = getattr(prior, "sigma_min", 0.001) if sigma_g is None else sigma_g
+    # for a network, grad q = (x - D(x, sigma_g)) / sigma_g^2 is 1 / sigma_g^2-Lipschitz (D's Jacobian in [0, 1])
+    Lq = float(lipschitz_q if lipschitz_q is not None else prior.lipschitz() if hasattr(prior, "lipschitz")
+               else 1 / sigma_g**2)
     L_h = float(kernel_lipschitz(x_true.double(), K, n_iter=100).max())
     return preset("paper", n_ext=n_ext, n_in=n_in, n_in_first=n_in_first, n_in_warmup=1, reset=n_ext + 1,
                   pad="observed",
-                  sigma=sigma, sigma_g=getattr(prior, "sigma_min", 0.001), gamma_x=1.0 / (1.0 + sigma**2 * Lq),
+                  sigma=sigma, sigma_g=sigma_g, gamma_x=1.0 / (1.0 + sigma**2 * Lq),
                   kernel_step="projected", kernel_schedule="constant", gamma_h=1.0 / L_h)
 
 
@@ -390,6 +393,7 @@ def mechanism(
     q_fn: Callable[[Tensor], Tensor] | None = None,
     n_iter_delta: int = 3000,
     gamma_x_delta: float | None = None,
+    sigma_g: float | None = None,
     labels=None,
     progress: bool = False,
 ) -> dict[str, list[dict]]:
@@ -405,7 +409,8 @@ def mechanism(
     image). ``algorithms``: name -> deconv.Algorithm1Params (with pad="observed": x starts from the full-size
     blurry image). ``starts``: "wide", "small", "true" (h_bar, x from the blurry image) and "truth" (h_bar and
     x_true itself: does the pair stay where Theorem 1 puts a minimiser?).
-    ``q_fn``: x -> q(x) in nats (default ``prior.potential``, the closed form). Everything runs in float64.
+    ``q_fn``: x -> q(x) in nats (default ``prior.potential``, the closed form); ``sigma_g``: the score's noise level
+    for x_delta (default the prior's sigma_min). Everything runs in float64 (a network casts to its own dtype).
     """
     from .deconv import algorithm1, data_term, initial_kernels, map_x
     from .kernels import dirac, kernel
@@ -414,9 +419,10 @@ def mechanism(
     from .statement1 import semigroup_path
 
     q_fn = prior.potential if q_fn is None else q_fn
-    x_true = x_true.double()
+    dt = torch.float64 if _exact(prior) else torch.float32  # networks run in float32
+    x_true = x_true.to(dt)
     P, K = x_true.shape[0], kernel_size
-    h_bar = kernel("gaussian", theta, K, dtype=torch.float64)
+    h_bar = kernel("gaussian", theta, K, dtype=dt)
     y, y_full = make_problem(x_true, h_bar, sigma=sigma, seed=seed, full=True)
     out: dict[str, list[dict]] = {"path": [], "statement1": [], "runs": []}
 
@@ -431,10 +437,12 @@ def mechanism(
             out["path"].append({"truth": p, "t": float(t), "data": float(d[k]), "q": float(q[k]), "L": float(L[k]),
                                 "L_minus_true": float(L[k] - L1[p]) if L1 is not None else float("nan")})
 
-    delta = dirac(K, dtype=torch.float64).expand(P, K, K)
-    x_delta = map_x(prior, y, delta, n_iter=n_iter_delta, sigma=sigma, sigma_g=getattr(prior, "sigma_min", 0.001),
+    delta = dirac(K, dtype=dt).expand(P, K, K)
+    sigma_g = getattr(prior, "sigma_min", 0.001) if sigma_g is None else sigma_g
+    x_delta = map_x(prior, y, delta, n_iter=n_iter_delta, sigma=sigma, sigma_g=sigma_g,
                     gamma_x=gamma_x_delta, labels=labels)
-    L_true = data_term(x_true, h_bar.expand(P, K, K), y) + sigma**2 * torch.as_tensor(q_fn(x_true), dtype=torch.float64)
+    L_true = data_term(x_true, h_bar.expand(P, K, K), y) + sigma**2 * torch.as_tensor(q_fn(x_true),
+                                                                                     dtype=torch.float64)
     L_delta = data_term(x_delta, delta, y) + sigma**2 * torch.as_tensor(q_fn(x_delta), dtype=torch.float64)
     L_end = L[:P] if ts[0] == 0 else torch.full((P,), float("nan"), dtype=torch.float64)  # (h_bar * x_true, delta)
     for p in range(P):
@@ -442,7 +450,7 @@ def mechanism(
                                   "L_delta": float(L_delta[p]),
                                   "holds": bool(min(float(L_delta[p]), float(L_end[p])) < float(L_true[p]))})
 
-    h0 = torch.cat([h_bar.expand(P, K, K) if s in ("true", "truth") else initial_kernels(s, K, P, dtype=torch.float64)
+    h0 = torch.cat([h_bar.expand(P, K, K) if s in ("true", "truth") else initial_kernels(s, K, P, dtype=dt)
                     for s in starts])
     x0 = torch.cat([x_true if s == "truth" else y_full for s in starts])  # x's start (pad="observed")
     n = len(starts)
@@ -461,8 +469,8 @@ def mechanism(
         else:
             r_mode = torch.full((n * P,), float("nan"))
         sc = metrics(res.x, res.h, x_true.repeat(n, 1, 1, 1), h_bar.expand(n * P, K, K))
-        Lf = data_term(res.x.double(), res.h.double(), y.repeat(n, 1, 1, 1)) + sigma**2 * torch.as_tensor(
-            q_fn(res.x.double()), dtype=torch.float64)
+        Lf = data_term(res.x.to(dt), res.h.to(dt), y.repeat(n, 1, 1, 1)) + sigma**2 * torch.as_tensor(
+            q_fn(res.x.to(dt)), dtype=torch.float64)
         gxr = res.history["grad_x_rel"][-1]
         gx = res.trajectory["grad_x"][-1]
         for b in range(n * P):
