@@ -301,9 +301,20 @@ def fig_theorem1(path: pd.DataFrame, runs: pd.DataFrame, kernels: dict):
         d = path[path["truth"] == p].sort_values("t")
         ax.plot(d["t"], d["L_minus_true"], marker="o", ms=3, label=names.get(p, f"truth {p}"))
     ax.axhline(0, color="0.5", lw=0.6)
+    near = path[path["t"] >= 0.9]
+    if near["t"].nunique() > 2:  # the barrier of a critical truth sits just below t = 1: zoom on it
+        inset = ax.inset_axes([0.1, 0.38, 0.5, 0.42])
+        for p in truths:
+            d = near[near["truth"] == p].sort_values("t")
+            inset.plot(d["t"], d["L_minus_true"], marker="o", ms=2, label=names.get(p, f"truth {p}"))
+        inset.axhline(0, color="0.5", lw=0.6)
+        inset.set_ylim(-0.012, 0.006)
+        inset.tick_params(labelsize=5)
+        inset.legend(fontsize=5, loc="lower left")
+    else:
+        ax.legend(fontsize=7)
     ax.set_xlabel("t (1: the truth, 0: Dirac kernel)")
     ax.set_ylabel("Ly(x_t, h_t) - Ly(truth)")
-    ax.legend(fontsize=7)
     for a, alg in enumerate(algos):
         H = kernels[f"h_{alg}"]
         for p in truths:
