@@ -23,7 +23,8 @@ truths = torch.cat([mix.centres[:1], demo_images("test", 32).double()[crops["hel
 c = t1["converged"]
 algos = {"authors": preset("authors", n_ext=t1["n_ext"]),
          "converged": converged_params(mix, truths, K, n_ext=t1["n_ext"], n_in=c["n_in"], n_in_first=c["n_in_first"])}
-out = mechanism(mix, truths, theta, K, algos, starts=tuple(t1["starts"]), seed=t1["seed"], progress=True)
+out = mechanism(mix, truths, theta, K, algos, starts=tuple(t1["starts"]), seed=t1["seed"],
+                gamma_x_delta=algos["converged"].gamma_x, progress=True)  # x_delta by the safe step 1 / (1 + s^2 L_q)
 names = {0: "critical mode", 1: "held-out crop"}
 settings = dict(s=mix.s, theta=theta, kernel_size=K, n_ext=t1["n_ext"], mode_residual=float(ref.residual.max()))
 for key in ("path", "runs", "statement1"):
