@@ -24,6 +24,7 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/potential.smk"
 include: "workflow/rules/deconv.smk"
 include: "workflow/rules/figures.smk"
+include: "workflow/rules/theorem1.smk"
 
 
 rule all:

@@ -25,7 +25,7 @@ import torch  # noqa: E402
 from .data import atomic_path  # noqa: E402
 
 __all__ = ["STYLE", "use_style", "save", "kernel_gallery", "load_run", "fig1", "fig2", "fig3", "fig4", "fig5",
-           "samples_figure"]
+           "fig_theorem1", "samples_figure"]
 
 STYLE = Path(__file__).with_name("diractrap.mplstyle")
 WIDTH = 7.0  # inches: a two-column paper's text width
@@ -304,4 +304,59 @@ def samples_figure(samples, *, ncols: int = 8, title: str | None = None):
         _image(ax, s)
     if title:
         fig.suptitle(title)
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Theorem 1 in numbers: Ly along Statement 1's path, and the final kernels of each start (mixture prior)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def fig_theorem1(path: pd.DataFrame, runs: pd.DataFrame, kernels: dict):
+    """Left: Ly(x_t, h_t) - Ly(truth) against t for each truth (``path``: columns truth, t, L_minus_true, and
+    truth_name). Right: a grid of final kernels, one row per (algorithm, truth), one column per start, and the true
+    kernel (``kernels``: h_true (K, K), starts, algorithms, h_<algorithm> (S * P, K, K), start-major)."""
+    use_style()
+    starts = [str(s) for s in kernels["starts"]]
+    algos = [str(a) for a in kernels["algorithms"]]
+    truths = sorted(path["truth"].unique())
+    names = path.drop_duplicates("truth").set_index("truth")["truth_name"].to_dict() if "truth_name" in path else {}
+    P = len(truths)
+    nrow, ncol = len(algos) * P, len(starts) + 1
+    fig = plt.figure(figsize=(WIDTH, WIDTH * 0.45))
+    grid = fig.add_gridspec(nrow, ncol + 4, wspace=0.15, hspace=0.25)
+    ax = fig.add_subplot(grid[:, :3])
+    for p in truths:
+        d = path[path["truth"] == p].sort_values("t")
+        ax.plot(d["t"], d["L_minus_true"], marker="o", ms=3, label=names.get(p, f"truth {p}"))
+    ax.axhline(0, color="0.5", lw=0.6)
+    near = path[path["t"] >= 0.9]
+    if near["t"].nunique() > 2:  # the barrier of a critical truth sits just below t = 1: zoom on it
+        inset = ax.inset_axes([0.1, 0.38, 0.5, 0.42])
+        for p in truths:
+            d = near[near["truth"] == p].sort_values("t")
+            inset.plot(d["t"], d["L_minus_true"], marker="o", ms=2, label=names.get(p, f"truth {p}"))
+        inset.axhline(0, color="0.5", lw=0.6)
+        inset.set_ylim(-0.012, 0.006)
+        inset.tick_params(labelsize=5)
+        inset.legend(fontsize=5, loc="lower left")
+    else:
+        ax.legend(fontsize=7)
+    ax.set_xlabel("t (1: the truth, 0: Dirac kernel)")
+    ax.set_ylabel("Ly(x_t, h_t) - Ly(truth)")
+    for a, alg in enumerate(algos):
+        H = kernels[f"h_{alg}"]
+        for p in truths:
+            r = a * P + p
+            for j, s in enumerate(starts):
+                k = fig.add_subplot(grid[r, 4 + j])
+                _kernel(k, H[j * P + p])
+                if r == 0:
+                    k.set_title(s, fontsize=7)
+            k = fig.add_subplot(grid[r, 4 + len(starts)])
+            _kernel(k, kernels["h_true"])
+            if r == 0:
+                k.set_title("h̄", fontsize=7)
+            fig.axes[-len(starts) - 1].set_ylabel(f"{alg}\n{names.get(p, p)}", fontsize=6, rotation=0, ha="right",
+                                                  va="center")
     return fig

@@ -402,6 +402,8 @@ def extra_outputs():
         out += [f"{FIGURES}/demo_samples.{fmt}" for fmt in FIGS["formats"]]
     if "denoising" in config["extras"]:
         out.append(f"{RESULTS}/demo_prior/denoising.csv")
+    if "theorem1" in config["extras"]:  # workflow/rules/theorem1.smk
+        out += [f"{RESULTS}/theorem1/diagnostics.csv"] + [f"{FIGURES}/theorem1.{fmt}" for fmt in FIGS["formats"]]
     return out
 
 
