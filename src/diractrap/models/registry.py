@@ -94,13 +94,16 @@ def checkpoint_path(name: str, root=None) -> Path:
 
 
 def fetch_checkpoint(name: str, *, root=None, download: bool = True, sha256: str | None = None,
-                     progress: bool = True) -> tuple[Path, str]:
+                     progress: bool = True, mirrors=None, official: bool | None = None) -> tuple[Path, str]:
     """The verified checkpoint file of a registered model and its sha256, downloading it if missing.
 
     Expected hash: ``sha256`` (a pin from the config), else the registry's, else the lock file's record. A file
     with no expected hash is trusted on first sight and its hash recorded in the lock; every later call verifies.
+    ``mirrors``: base URLs tried before the official ones (then those of ``$DIRACTRAP_MIRRORS``); ``official``:
+    False tries the mirrors only (None: unless ``$DIRACTRAP_MIRRORS_ONLY=1``); see
+    :func:`diractrap.models.download.mirror_urls`.
     """
-    from .download import ChecksumError, ChecksumLock, download as fetch, sha256sum
+    from .download import ChecksumError, ChecksumLock, download as fetch, mirror_urls, sha256sum
 
     spec = _downloadable(name)
     path = checkpoint_path(name, root)
@@ -115,7 +118,8 @@ def fetch_checkpoint(name: str, *, root=None, download: bool = True, sha256: str
             raise FileNotFoundError(f"checkpoint of {name!r} missing: download {spec.urls[0] if spec.urls else '(no URL)'} "
                                     f"and place it at {path.absolute()} (or allow downloads)")
         try:
-            digest = fetch(spec.urls, path, sha256=expected, size=size, progress=progress)
+            urls = mirror_urls(spec.filename, spec.urls, mirrors=mirrors, use_official=official)
+            digest = fetch(urls, path, sha256=expected, size=size, progress=progress)
         except ChecksumError as err:
             raise ChecksumError(f"{err} (expected hash {where})") from None
     else:
