@@ -142,7 +142,7 @@ def checkpoint_download(wildcards):
         config_error("models.*.sha256", f"the models using prior {name!r} pin different hashes: {sorted(pins)}")
     downloads = config.get("downloads") or {}
     return dict(name=name, sha256=next(iter(pins), None), mirrors=list(downloads.get("mirrors") or []),
-                official=downloads.get("official", True))
+                official=downloads.get("official"))  # None: $DIRACTRAP_MIRRORS_ONLY decides
 
 
 # directories derived from a job's own output (never hard-coded: jobs may run where paths differ)
