@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import platform
+import resource
 import sys
 import time
 from pathlib import Path
@@ -156,7 +157,9 @@ def main(argv=None) -> int:
         s = (time.perf_counter() - t0) / 2
         print(f"| Algorithm 1 outer iteration, {R} x {R}, K {K}, n_in {n_in} | {b} | {1e3 * s:.0f} | "
               f"{b / s:.2f} (problem-iterations / s) | {_peak_gib(device):.2f} |", flush=True)
-    print(f"\n(total {time.perf_counter() - start:.0f} s)")
+    host = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kB -> MB
+    print(f"\n(total {time.perf_counter() - start:.0f} s; host peak RSS {host:.0f} MB: the CUDA context and libraries, "
+          "for the mem_mb of GPU jobs)")
     return 0
 
 

@@ -8,6 +8,7 @@ naming the URL and the file, leaving no file behind.
 
 import json
 import os
+import resource
 import shutil
 import threading
 import time
@@ -112,13 +113,14 @@ def test_paper_workflow_runs_end_to_end_on_full_size_standins(standins, serve, t
     url = serve(root / "checkpoints", root / "hub")
     repo = smoke_repo(tmp_path, standins)
     env = smoke_env(repo, url, tmp_path)
-    start = time.monotonic()
+    start, cpu0 = time.monotonic(), resource.getrusage(resource.RUSAGE_CHILDREN)
     out = snakemake(repo, "--cores", "all", *CONFIGS, env=env, timeout=3000).stdout
-    wall = time.monotonic() - start
+    wall, cpu1 = time.monotonic() - start, resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime)  # snakemake and every job it ran
     counts = job_counts(out)
     with capsys.disabled():
-        print(f"\npaper smoke run: {wall:.0f} s wall on {os.cpu_count()} cores, {sum(counts.values())} jobs: "
-              + ", ".join(f"{k} {v}" for k, v in counts.items()))
+        print(f"\npaper smoke run: {wall:.0f} s wall, {cpu:.0f} CPU-s, {os.cpu_count()} cores, load average "
+              f"{os.getloadavg()[0]:.1f}, {sum(counts.values())} jobs: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
 
     paper = yaml.safe_load((repo / "config/paper.yaml").read_text())
     smoke = yaml.safe_load((repo / "config/smoke.yaml").read_text())
