@@ -151,6 +151,22 @@ def measure(job: str, arg: str, threads: int) -> dict:
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def _merge(base: dict, over: dict) -> dict:
+    """``over`` on top of ``base`` as snakemake merges config files: dictionaries key by key, anything else replaced."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_config(*paths) -> dict:
+    """The configuration a run sees: config/demo.yaml (the Snakefile's configfile), then each file in order."""
+    config = yaml.safe_load((ROOT / "config/demo.yaml").read_text())
+    for path in paths:
+        config = _merge(config, yaml.safe_load(Path(path).read_text()))
+    return config
+
+
 def paper_work(config: dict, nfe: float) -> dict:
     """Network evaluations of every job kind of the paper run, per image, in forward-equivalents by architecture.
 
@@ -211,7 +227,7 @@ def main(argv=None) -> int:
         print(json.dumps(worker(*args.worker, args.threads)))
         return 0
 
-    config = yaml.safe_load(args.config.read_text())
+    config = load_config(args.config)  # on top of config/demo.yaml, as snakemake reads it
     load = os.getloadavg()[0]
     print(f"## The paper run: measured costs ({datetime.date.today().isoformat()}, {platform.processor() or 'cpu'}, "
           f"{os.cpu_count()} cores, torch {torch.__version__}, {args.threads} threads, load average {load:.1f})\n")

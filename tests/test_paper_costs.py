@@ -16,7 +16,17 @@ import paper_costs  # noqa: E402
 
 @pytest.fixture(scope="module")
 def paper():
-    return yaml.safe_load((ROOT / "config/paper.yaml").read_text())
+    return paper_costs.load_config(ROOT / "config/paper.yaml")
+
+
+def test_config_is_merged_as_snakemake_merges_it():
+    demo = yaml.safe_load((ROOT / "config/demo.yaml").read_text())
+    paper = yaml.safe_load((ROOT / "config/paper.yaml").read_text())
+    merged = paper_costs.load_config(ROOT / "config/paper.yaml")
+    assert merged["sweep"]["families"] == paper["sweep"]["families"]  # lists are replaced
+    assert set(merged["models"]) == set(demo["models"]) | set(paper["models"])  # dictionaries are merged
+    for key, value in demo["deconv"]["algorithm1"].items():  # keys paper.yaml does not set come from the demo
+        assert merged["deconv"]["algorithm1"][key] == paper["deconv"]["algorithm1"].get(key, value)
 
 
 def test_work_counts_follow_the_config(paper):
@@ -34,6 +44,11 @@ def test_work_counts_follow_the_config(paper):
     runs = len(d["pairs"]) * len(d["starts"])
     if a1.get("n_in_first") is None:  # constant N_in: N_ext x N_in x-steps per run, one forward each
         assert work["algorithm1"]["forwards"] == runs * a1["n_ext"] * a1["n_in"]
+    else:  # after each reset: n_in_first, falling linearly to n_in over n_in_warmup iterations (rounded), then n_in
+        first, n_in, warm = a1["n_in_first"], a1["n_in"], a1.get("n_in_warmup", 15)
+        per_reset = [max(n_in, round(first - k * (first - n_in) / warm)) for k in range(a1["reset"])]
+        steps = sum(per_reset[n % a1["reset"]] for n in range(a1["n_ext"]))
+        assert work["algorithm1"]["forwards"] == runs * steps
     assert work["algorithm1"]["jobs"] == runs and work["algorithm1"]["vjps"] == 0
     pairs = len(d["pairs"])
     assert work["statement1"]["forwards"] == pairs * d["statement1"]["n_iter_delta"] + 3 * pairs * nfe
