@@ -168,6 +168,18 @@ def checkpoint_name(wildcards):
 CHECKPOINT_FILES = sorted(s.filename for s in REGISTRY.values() if s.filename)
 
 
+def checkpoint_download(wildcards):
+    """What the download job needs: the prior's name, the hash pinned in the config (models.<m>.sha256 of any
+    model using this prior; two different pins are an error) and the mirrors (config key downloads)."""
+    name = checkpoint_name(wildcards)
+    pins = {m["sha256"] for m in config["models"].values() if m["prior"] == name and m.get("sha256")}
+    if len(pins) > 1:
+        config_error("models.*.sha256", f"the models using prior {name!r} pin different hashes: {sorted(pins)}")
+    downloads = config.get("downloads") or {}
+    return dict(name=name, sha256=next(iter(pins), None), mirrors=list(downloads.get("mirrors") or []),
+                official=downloads.get("official"))  # None: $DIRACTRAP_MIRRORS_ONLY decides
+
+
 # directories derived from a job's own output (never hard-coded: jobs may run where paths differ)
 def checkpoint_root(wildcards, output):
     return str(Path(output[0]).parent)

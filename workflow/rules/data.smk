@@ -15,7 +15,7 @@ rule download_checkpoint:
     wildcard_constraints:
         filename="|".join(map(re.escape, CHECKPOINT_FILES)),
     params:
-        name=checkpoint_name,
+        job=checkpoint_download,
         root=checkpoint_root,
     log:
         f"{LOGS}/checkpoint/{{filename}}.log",

@@ -6,6 +6,12 @@ resumes it with an HTTP ``Range`` request (a server that answers 200 instead of 
 whose checksum is wrong is deleted. When every URL fails the error is one line naming the URL and the exact path
 where the file can be placed by hand.
 
+Mirrors: ``$DIRACTRAP_MIRRORS`` (base URLs separated by spaces or commas) and the workflow's ``downloads.mirrors``
+list name servers tried, in order, before a file's official URLs, as ``<base>/<file name>`` -- for the Google
+Drive file too. A cluster whose compute nodes cannot reach the internet hosts the checkpoints on an internal
+server; ``$DIRACTRAP_MIRRORS_ONLY=1`` (``downloads.official: false``) then skips the official URLs altogether.
+A file from a mirror goes through the same size and sha256 checks as any other.
+
 Checksums that are not known in advance are recorded in a lock file (JSON, beside the checkpoints:
 ``<checkpoint dir>/checkpoints.lock``) and every later use is verified against it (trust on first use). Only a file
 that has been loaded as the expected architecture is recorded (:func:`diractrap.models.registry.fetch_checkpoint`
@@ -23,6 +29,7 @@ import json
 import os
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -30,9 +37,12 @@ from tqdm.auto import tqdm
 
 from ..data import atomic_path
 
-__all__ = ["DownloadError", "ChecksumError", "download", "sha256sum", "ChecksumLock", "LOCK_NAME"]
+__all__ = ["DownloadError", "ChecksumError", "download", "sha256sum", "ChecksumLock", "LOCK_NAME", "mirror_urls",
+           "MIRRORS_ENV", "MIRRORS_ONLY_ENV"]
 
 LOCK_NAME = "checkpoints.lock"
+MIRRORS_ENV = "DIRACTRAP_MIRRORS"  # base URLs tried before the official ones (spaces or commas between them)
+MIRRORS_ONLY_ENV = "DIRACTRAP_MIRRORS_ONLY"  # "1": never try the official URLs (air-gapped compute nodes)
 _CHUNK = 1 << 20  # bytes per read
 _GDRIVE = "gdrive:"  # URL scheme of a Google Drive file id, fetched through gdown
 
@@ -155,6 +165,51 @@ def _exclusive(lockfile: Path):
         lockfile.unlink(missing_ok=True)
         fcntl.flock(f, fcntl.LOCK_UN)
         f.close()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Mirrors: <base>/<file name> on servers listed by the user, tried before the official URLs
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _env_mirrors() -> list[str]:
+    return [m for m in os.environ.get(MIRRORS_ENV, "").replace(",", " ").split() if m]
+
+
+def _env_flag(name: str) -> bool | None:
+    value = os.environ.get(name, "").strip().lower()
+    if not value:
+        return None
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{name}={os.environ[name]!r}: use 1 or 0")
+
+
+def mirror_urls(filename: str, official=(), *, mirrors=None, use_official: bool | None = None) -> list[str]:
+    """The URLs to try for ``filename``: each mirror's ``<base>/<filename>``, then the ``official`` ones.
+
+    ``mirrors``: base URLs (``http(s)://host/dir``) from the caller (the workflow's ``downloads.mirrors``), tried
+    before those of ``$DIRACTRAP_MIRRORS``; duplicates are dropped, order kept. ``use_official``: False skips the
+    official URLs (None: unless ``$DIRACTRAP_MIRRORS_ONLY=1``). Mirrors apply to every official scheme, the
+    Google Drive file (``gdrive:<id>``) included: a mirror serves the file under its registry name.
+    """
+    bases = [str(m) for m in (mirrors or [])] + _env_mirrors()
+    for base in bases:
+        if not base.startswith(("http://", "https://")):
+            raise ValueError(f"checkpoint mirror {base!r} is not an http(s) URL; give base URLs such as "
+                             f"https://host/checkpoints (in ${MIRRORS_ENV} or downloads.mirrors)")
+    if use_official is None:
+        only = _env_flag(MIRRORS_ONLY_ENV)
+        use_official = not only if only is not None else True
+    official = [official] if isinstance(official, str) else list(official)
+    if not use_official and not bases:
+        raise ValueError(f"official URLs are switched off (${MIRRORS_ONLY_ENV} or downloads.official: false) but "
+                         f"no mirror is given for {filename}: set ${MIRRORS_ENV} or downloads.mirrors")
+    from_mirrors = [f"{b.rstrip('/')}/{urllib.parse.quote(filename)}" for b in bases]
+    urls = from_mirrors + official if use_official else from_mirrors
+    return list(dict.fromkeys(urls))
 
 
 # ---------------------------------------------------------------------------------------------------------------

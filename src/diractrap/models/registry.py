@@ -97,26 +97,31 @@ def checkpoint_path(name: str, root=None) -> Path:
 
 
 def fetch_checkpoint(name: str, *, root=None, download: bool = True, sha256: str | None = None,
-                     progress: bool = True) -> tuple[Path, str]:
+                     progress: bool = True, mirrors=None, official: bool | None = None) -> tuple[Path, str]:
     """The verified checkpoint file of a registered model and its sha256, downloading it if missing.
 
     Expected hash: ``sha256`` (a pin from the config), else the registry's, else the lock file's record. A file with
     no expected hash is trusted only once it loads as the model's architecture (on the CPU); its hash is then
     recorded in the lock with its origin (a completed download, or a file placed by hand), and every later call
     verifies against it. A downloaded file that does not load is removed; a file placed by hand is left in place.
+    ``mirrors``: base URLs tried before the official ones (then those of ``$DIRACTRAP_MIRRORS``); ``official``:
+    False tries the mirrors only (None: unless ``$DIRACTRAP_MIRRORS_ONLY=1``); see
+    :func:`diractrap.models.download.mirror_urls`.
     """
-    path, digest, _ = _fetch(name, root=root, download=download, sha256=sha256, progress=progress)
+    path, digest, _ = _fetch(name, root=root, download=download, sha256=sha256, progress=progress, mirrors=mirrors,
+                             official=official)
     return path, digest
 
 
 _LOAD_ERRORS = (ValueError, RuntimeError, OSError, EOFError, KeyError, TypeError, AttributeError, IndexError)
 
 
-def _fetch(name: str, *, root, download: bool, sha256: str | None, progress: bool, device="cpu", options=None):
+def _fetch(name: str, *, root, download: bool, sha256: str | None, progress: bool, device="cpu", options=None,
+           mirrors=None, official: bool | None = None):
     """(path, sha256, the denoiser loaded to earn trust on first use, or None when the hash was already known)."""
     import pickle
 
-    from .download import ChecksumError, ChecksumLock, download as fetch, sha256sum
+    from .download import ChecksumError, ChecksumLock, download as fetch, mirror_urls, sha256sum
 
     spec = _downloadable(name)
     path = checkpoint_path(name, root)
@@ -132,7 +137,8 @@ def _fetch(name: str, *, root, download: bool, sha256: str | None, progress: boo
             raise FileNotFoundError(f"checkpoint of {name!r} missing: download {url or '(no URL)'} "
                                     f"and place it at {path.absolute()} (or allow downloads)")
         try:
-            digest = fetch(spec.urls, path, sha256=expected, size=size, progress=progress)
+            urls = mirror_urls(spec.filename, spec.urls, mirrors=mirrors, use_official=official)
+            digest = fetch(urls, path, sha256=expected, size=size, progress=progress)
         except ChecksumError as err:
             raise ChecksumError(f"{err} (expected hash {where})") from None
         origin = "download"

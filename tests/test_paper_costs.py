@@ -1,0 +1,79 @@
+"""The paper-run cost scripts: the work counted from config/paper.yaml (closed forms), the FLOP projection's
+arithmetic, and the GPU check's dry path on the CPU (tiny networks)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import paper_costs  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def paper():
+    return paper_costs.load_config(ROOT / "config/paper.yaml")
+
+
+def test_config_is_merged_as_snakemake_merges_it():
+    demo = yaml.safe_load((ROOT / "config/demo.yaml").read_text())
+    paper = yaml.safe_load((ROOT / "config/paper.yaml").read_text())
+    merged = paper_costs.load_config(ROOT / "config/paper.yaml")
+    assert merged["sweep"]["families"] == paper["sweep"]["families"]  # lists are replaced
+    assert set(merged["models"]) == set(demo["models"]) | set(paper["models"])  # dictionaries are merged
+    for key, value in demo["deconv"]["algorithm1"].items():  # keys paper.yaml does not set come from the demo
+        assert merged["deconv"]["algorithm1"][key] == paper["deconv"]["algorithm1"].get(key, value)
+
+
+def test_work_counts_follow_the_config(paper):
+    nfe = 100
+    work = paper_costs.paper_work(paper, nfe)
+    sweep, d = paper["sweep"], paper["deconv"]
+    thetas = sum(len(f["thetas"]) for f in sweep["families"])
+    probes = sweep["potential"]["n_probes"]
+    for m in sweep["models"]:
+        images = paper["image_sets"][paper["models"][m]["images"]]["count"]
+        w = work[f"sweep_chunk {m}"]
+        assert w["forwards"] == images * thetas * nfe and w["vjps"] == probes * w["forwards"]
+        assert w["jobs"] == -(-images // sweep["chunk"]) * len(sweep["families"])
+    # the paper's runs, written out from their definitions: 'authors' does max(10, floor(50 - k 40/15)) DR steps at
+    # kernel step k after each reset of 100, plus one final D(z) per kernel step; 'paper' 10 gradient steps
+    import numpy as np
+
+    assert d["runs"] == ["authors", "paper"] and d["continuation"]["n_ext"] == 1000
+    per_reset = np.maximum(10, np.floor(50 - np.arange(100) * 40 / 15)) + 1
+    authors = {n_ext: int(per_reset.sum() * n_ext // 100) for n_ext in (3000, 1000)}
+    paper_steps = {n_ext: 10 * n_ext for n_ext in (3000, 1000)}
+    pairs, starts = len(d["pairs"]), len(d["starts"])
+    want = sum(pairs * starts * w[3000] + pairs * w[1000] for w in (authors, paper_steps))
+    assert work["algorithm1"]["forwards"] == want
+    assert work["algorithm1"]["jobs"] == 2 * (starts + 1) and work["algorithm1"]["vjps"] == 0
+    pairs = len(d["pairs"])
+    assert work["statement1"]["forwards"] == pairs * d["statement1"]["n_iter_delta"] + 3 * pairs * nfe
+
+
+def test_projection_is_flops_over_the_assumed_rate(paper):
+    gflop = {k: {"forward_GFLOP": 10.0, "forward_vjp_GFLOP": 25.0} for k in ("ncsnpp", "ddpmpp", "adm")}
+    rows = {r["kind"]: r for r in paper_costs.projection(paper, gflop, nfe=50, fraction=0.5)}
+    work = paper_costs.paper_work(paper, 50)
+    rate = 0.5 * paper_costs.H100_FP32_TFLOPS * 1e12
+    for kind, w in work.items():
+        flop = 1e9 * (10.0 * w["forwards"] + 15.0 * w["vjps"])  # a VJP costs forward+VJP - forward
+        assert rows[kind]["gpu_hours"] == pytest.approx(flop / rate / 3600, rel=1e-12)
+        assert rows[kind]["minutes_per_job"] == pytest.approx(flop / rate / 60 / w["jobs"], rel=1e-12)
+
+
+def test_gpu_check_dry_path_runs_on_the_cpu():
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks/gpu_paper_check.py"), "--device", "cpu", "--quick"],
+                         capture_output=True, text=True, timeout=600, cwd=ROOT,
+                         env={"PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = [line for line in out.stdout.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert len(rows) == 3 * 3 + 1 + 2  # 3 networks x 3 batches, one potential, Algorithm 1 at two batches
+    for line in rows:
+        ms = float(line.split("|")[3])
+        assert 0 < ms < 60_000
