@@ -19,3 +19,15 @@ def shared_file(*parts) -> Path:
     if not path.exists():
         pytest.skip(f"shared fixture {path} is not present (it ships beside the CI checkout, not in the repository)")
     return path
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test: tiny FFTs and networks are dominated by thread hand-offs, and on a loaded 2-core
+    machine 2 threads ran 8-100x slower (measured). Modules use it with ``pytestmark = pytest.mark.usefixtures``."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

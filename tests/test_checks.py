@@ -7,9 +7,7 @@ independent computations (the arrays written into the files, PIL-free formulas) 
 """
 
 import io
-import math
 import os
-import sys
 
 import numpy as np
 import pytest
@@ -25,12 +23,7 @@ from diractrap.potential import potential
 from diractrap.priors import GaussianPrior
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread per test
 
 
 def gaussian(shape):

@@ -21,13 +21,7 @@ from diractrap.priors import GaussianPrior
 D64 = torch.float64
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny FFTs: with 2 threads on a loaded 2-core machine torch's FFTs were ~100x slower than with 1 (measured)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread per test
 
 
 def gaussian_prior(shape, alpha=1.0, eps=0.1, c=1e-2):

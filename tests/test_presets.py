@@ -20,12 +20,7 @@ from diractrap.kernels import kernel, project_simplex
 from test_deconv import D64, closed_form_map, gaussian_prior, problem
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread per test
 
 
 # ---------------------------------------------------------------------------------------------------------------
