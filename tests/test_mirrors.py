@@ -87,10 +87,12 @@ def test_env_mirror_serves_the_file_before_the_official_url(mirror, monkeypatch,
     official = _dead_url("model.bin")
     _register(monkeypatch, [official])
     monkeypatch.setenv(MIRRORS_ENV, mirror.url + "/ckpt")
-    path, digest = fetch_checkpoint("test-mirrored", root=tmp_path, progress=False)
+    # pinned: the payload is opaque bytes, which an unpinned first use would refuse to trust (it does not load)
+    path, digest = fetch_checkpoint("test-mirrored", root=tmp_path, sha256=DIGEST, progress=False)
     assert digest == DIGEST and path.read_bytes() == PAYLOAD
     assert mirror.requests == [("/ckpt/model.bin", None)]
-    assert json.loads((tmp_path / LOCK_NAME).read_text())["model.bin"]["sha256"] == DIGEST
+    lock = tmp_path / LOCK_NAME  # a pinned hash needs no record
+    assert not lock.exists() or "model.bin" not in json.loads(lock.read_text())
 
 
 def test_config_mirror_for_the_google_drive_file_skips_gdown(mirror, monkeypatch, tmp_path):
@@ -108,7 +110,8 @@ def test_config_mirror_for_the_google_drive_file_skips_gdown(mirror, monkeypatch
 
 def test_missing_on_the_mirror_falls_back_to_the_next_url(mirror, monkeypatch, tmp_path):
     _register(monkeypatch, [mirror.url + "/ckpt/model.bin"])  # the "official" URL is the working one here
-    path, digest = fetch_checkpoint("test-mirrored", root=tmp_path, mirrors=[mirror.url + "/empty"], progress=False)
+    path, digest = fetch_checkpoint("test-mirrored", root=tmp_path, mirrors=[mirror.url + "/empty"], sha256=DIGEST,
+                                    progress=False)
     assert digest == DIGEST
     assert [p for p, _ in mirror.requests] == ["/empty/model.bin", "/ckpt/model.bin"]
 

@@ -160,7 +160,8 @@ def _fetch(name: str, *, root, download: bool, sha256: str | None, progress: boo
         reason = " ".join(str(err).split())
         if origin == "download":
             path.unlink(missing_ok=True)
-            raise ChecksumError(f"{url} gave a file that does not load as {spec.architecture or name} ({reason}); "
+            raise ChecksumError(f"the download of {spec.filename} ({' or '.join(urls)}) does not load as "
+                                f"{spec.architecture or name} ({reason}); "
                                 f"it was removed and nothing was recorded") from None
         raise ChecksumError(f"{path.absolute()} (placed by hand) does not load as {spec.architecture or name} "
                             f"({reason}); nothing was recorded: replace it with the file from {url}") from None
