@@ -124,29 +124,35 @@ def test_paper_workflow_runs_end_to_end_on_full_size_standins(standins, serve, t
 
     paper = yaml.safe_load((repo / "config/paper.yaml").read_text())
     smoke = yaml.safe_load((repo / "config/smoke.yaml").read_text())
-    # every checkpoint came through the mirror, was verified and recorded
-    lock = json.loads((repo / "data/checkpoints/checkpoints.lock").read_text())
+    # every checkpoint came through the mirror and is the stand-in, byte for byte (verified against the pins;
+    # a pinned hash needs no lock record)
+    from diractrap.models.download import sha256sum
+
     for m in MODELS:
         c = standins["checkpoints"][m]
-        assert lock[c["file"]]["sha256"] == c["sha256"] and lock[c["file"]]["size"] == c["size"]
+        assert sha256sum(repo / "data/checkpoints" / c["file"]) == c["sha256"]
         assert (repo / "data/checkpoints" / c["file"]).stat().st_size == c["size"]
     assert counts["download_checkpoint"] == 4 and counts["dataset_shard"] == 3
 
     # the sweeps ran the real networks at their real resolutions on the files just downloaded
     n_thetas = sum(len(f["thetas"]) for f in smoke["sweep"]["families"])
     for m in MODELS:
-        table = pd.read_parquet(repo / f"results/paper/potential/{m}.parquet")
-        assert len(table) == n_thetas and table["q"].notna().all()
+        full = pd.read_parquet(repo / f"results/paper/potential/{m}.parquet")
+        assert full.groupby("prior").size().to_dict() == {p: n_thetas for p in ("diffusion", "gaussian", "tv")}
+        table = full[full["prior"] == "diffusion"]  # the network's rows (the baselines' rows beside them)
+        assert table["q"].notna().all()
         assert set(table["checkpoint_sha256"]) == {standins["checkpoints"][m]["sha256"]}
         assert set(table["family"]) == {"gaussian", "motion", "airy", "defocus"}
     assert set(pd.read_parquet(repo / "results/paper/potential/imagenet64.parquet")["label"]) != {-1}  # own class
 
     # Algorithm 1 at 256 x 256 with K = 21 for the paper's four pairs and two starts; the Statement 1 table
     runs = pd.read_csv(repo / "results/paper/deconv/ffhq256/algorithm1.csv")
-    assert len(runs) == len(paper["deconv"]["pairs"]) * len(paper["deconv"]["starts"]) == 8
+    d = paper["deconv"]  # both presets, both starts and each run's continuation, for the four pairs
+    assert len(runs) == len(d["runs"]) * len(d["pairs"]) * (len(d["starts"]) + 1) == 24
+    assert set(runs["preset"]) == {"authors", "paper"}
     import numpy as np
 
-    with np.load(repo / "results/paper/deconv/ffhq256/pair0/wide.npz") as z:
+    with np.load(repo / "results/paper/deconv/ffhq256/authors/pair0/wide.npz") as z:
         assert z["x"].shape[-2:] == (256, 256) and z["h"].shape[-2:] == (21, 21)
     s1 = pd.read_csv(repo / "results/paper/deconv/ffhq256/statement1.csv")
     assert len(s1) == 4 and s1[["L_true", "L_delta", "L_hat"]].notna().all().all()
