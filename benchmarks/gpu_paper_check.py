@@ -31,15 +31,12 @@ from pathlib import Path
 import torch
 import yaml
 
+from gpu_models import _sync, time_call  # benchmarks/: the same timing helpers
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from gpu_models import build, resolution  # noqa: E402  the full-size (and tiny) architectures
-
-
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _reset(device):
@@ -50,20 +47,6 @@ def _reset(device):
 
 def _peak_gib(device) -> float:
     return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
-
-
-def timed(fn, device, repeats: int, warmup: int = 1) -> float:
-    """Median seconds of ``fn()`` after ``warmup`` calls."""
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2]
 
 
 def forward_vjp(den, kind: str, batch: int, device, repeats: int) -> dict:
@@ -81,7 +64,7 @@ def forward_vjp(den, kind: str, batch: int, device, repeats: int) -> dict:
 
     _reset(device)
     try:
-        s = timed(call, device, repeats)
+        s = time_call(call, device, repeats, warmup=1)
     except torch.OutOfMemoryError:
         return {"seconds": float("nan"), "peak_gib": float("nan")}
     return {"seconds": s, "peak_gib": _peak_gib(device)}
