@@ -23,6 +23,7 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 from .data import atomic_path  # noqa: E402
+from .problems import load_result  # noqa: E402
 
 __all__ = ["STYLE", "use_style", "save", "kernel_gallery", "load_run", "fig1", "fig2", "fig3", "fig4", "fig5",
            "fig_theorem1", "samples_figure"]
@@ -235,10 +236,7 @@ def fig3(panels, *, relative: bool = True, band=(0.1, 0.9), ncols: int = 2):
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def load_run(path) -> dict[str, np.ndarray]:
-    """The arrays of an Algorithm 1 result file (:func:`diractrap.deconv.save_result`), settings excluded."""
-    with np.load(path, allow_pickle=False) as z:
-        return {k: z[k] for k in z.files if k != "settings"}
+load_run = load_result  # the arrays of an Algorithm 1 result file (diractrap.problems owns the format)
 
 
 def _nearest(iterations: np.ndarray, wanted) -> list[int]:
