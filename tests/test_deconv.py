@@ -429,6 +429,23 @@ def test_save_result_and_summary(tmp_path):
     assert rows[0]["final_data"] == float(res.trajectory["data"][-1][0])
 
 
+def test_rows_name_their_provenance_record_once():
+    """Rows carry a short key of the denoiser's record; the summary holds the record under that key; the key
+    follows what was computed (the checkpoint) and not where the record was read from."""
+    from diractrap.problems import provenance_key
+
+    *_, res = small_run(n_ext=2)
+    record = {"model": "m", "sha256": "ab" * 32, "architecture": {"channels": 8}, "config": "/here/m.json"}
+    res.settings["denoiser"] = record
+    rows = deconv.table_rows(res)
+    s = deconv.summary(res)
+    assert "denoiser" not in rows[0] and rows[0]["checkpoint_sha256"] == "ab" * 32
+    assert {r["provenance"] for r in rows} == set(s["provenance"]) and s["provenance"][rows[0]["provenance"]] == record
+    assert rows[0]["provenance"] == provenance_key(dict(record, config="/elsewhere/m.json"))
+    assert rows[0]["provenance"] != provenance_key(dict(record, sha256="cd" * 32))
+    assert rows[0]["provenance"] != provenance_key(dict(record, architecture={"channels": 16}))
+
+
 def test_make_problem_noise_is_per_item():
     x, h, _ = problem(B=3, C=2, H=12, W=12, K=3)
     y = deconv.make_problem(x, h, sigma=0.1, seed=7)
@@ -472,7 +489,7 @@ def test_run_pairs_batches_pairs_and_starts():
     x, h, _ = problem(B=2, C=2, H=14, W=14, K=5)
     params = Algorithm1Params(n_ext=3, n_in=2, sigma=0.02, sigma_g=0.01)
     run = deconv.run_pairs(prior, x, h, params=params, pair_ids=[4, 9], progress=False, family=["g", "m"])
-    assert [(r["pair"], r["init"], r["family"]) for r in run.rows] == [
+    assert [(r["pair"], r["start"], r["family"]) for r in run.rows] == [
         (4, "wide", "g"), (9, "wide", "m"), (4, "small", "g"), (9, "small", "m")]
     torch.testing.assert_close(run.y, deconv.make_problem(x, h, sigma=0.02, item_ids=[4, 9]))
     alone = algorithm1(prior, run.y[1:], "small", kernel_size=5, params=params, progress=False)

@@ -6,6 +6,7 @@ results are written as one compressed .npz (:func:`save_result`) and tidy table 
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from typing import Sequence
@@ -21,7 +22,7 @@ from .kernels import kernel, levin_kernel
 from .metrics import metrics
 
 __all__ = ["item_generator", "pair_kernel", "make_problem", "save_problem", "load_problem", "PairsRun", "run_pairs",
-           "save_result", "load_result", "table_rows", "summary", "run_job"]
+           "save_result", "load_result", "provenance_key", "table_rows", "summary", "run_job"]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -92,7 +93,7 @@ def load_problem(path) -> dict:
 
 @dataclass
 class PairsRun:
-    """Algorithm 1 on pairs x initialisations: the batched result (item b = init b // P, pair b % P), the
+    """Algorithm 1 on pairs x starts: the batched result (item b = start b // P, pair b % P), the
     blurry images y (P, C, h, w), the metrics and one tidy row per run."""
 
     result: Algorithm1Result
@@ -106,7 +107,7 @@ def run_pairs(
     x_true: Tensor,
     h_true: Tensor,
     *,
-    inits: Sequence[str] = ("wide", "small"),  # paper: the wide start recovers the kernel, the small one falls to delta
+    starts: Sequence[str] = ("wide", "small"),  # paper: the wide start recovers the kernel, the small one falls to delta
     params: Algorithm1Params = Algorithm1Params(),
     seed: int = 0,
     pair_ids: Sequence[int] | None = None,
@@ -116,22 +117,22 @@ def run_pairs(
     **columns,
 ) -> PairsRun:
     """Blur P sharp images x_true (P, C, H, W) with their kernels h_true (P, K, K), add noise of std params.sigma
-    (one generator per pair id), and run Algorithm 1 from every initialisation on all pairs in one batch.
+    (one generator per pair id), and run Algorithm 1 from every start on all pairs in one batch.
 
-    Rows carry ``pair`` (the pair id), ``init``, the settings, the final objective terms, the metrics
+    Rows carry ``pair`` (the pair id), ``start``, the settings, the final objective terms, the metrics
     (:func:`metrics`) and ``columns`` (per pair: sequences of length P, or scalars).
     """
     P, K = x_true.shape[0], h_true.shape[-1]
     ids = list(range(P)) if pair_ids is None else [int(i) for i in pair_ids]
     y = make_problem(x_true, h_true, sigma=params.sigma, seed=seed, item_ids=ids)
-    n = len(inits)
-    h0 = torch.cat([initial_kernels(i, K, P, dtype=y.dtype, device=y.device) for i in inits])
+    n = len(starts)
+    h0 = torch.cat([initial_kernels(s, K, P, dtype=y.dtype, device=y.device) for s in starts])
     lab = None if labels is None else labels.repeat(n)
     res = algorithm1(denoiser, y.repeat(n, 1, 1, 1), h0, params=params, labels=lab, snapshots=snapshots,
                      progress=progress)
     scores = metrics(res.x, res.h, x_true.cpu().repeat(n, 1, 1, 1), h_true.cpu().repeat(n, 1, 1))
     per_pair = {k: list(v) * n if isinstance(v, (list, tuple, np.ndarray, Tensor)) else v for k, v in columns.items()}
-    rows = table_rows(res, scores, pair=ids * n, init=[i for i in inits for _ in range(P)], seed=seed, **per_pair)
+    rows = table_rows(res, scores, pair=ids * n, start=[s for s in starts for _ in range(P)], seed=seed, **per_pair)
     return PairsRun(result=res, y=y.cpu(), scores=scores, rows=rows)
 
 
@@ -160,6 +161,15 @@ def load_result(path) -> dict[str, np.ndarray]:
         return {k: z[k] for k in z.files if k != "settings"}
 
 
+def provenance_key(record: dict) -> str:
+    """A short, stable name for a provenance record (the denoiser's description: model, checkpoint sha256,
+    architecture): the first 12 hex digits of the sha256 of its canonical JSON. Tables carry the key; the record
+    itself is written once, in a sidecar JSON. ``config`` (the path the record was read from) is left out: where a
+    file lies on one machine does not change what was computed."""
+    canonical = json.dumps({k: v for k, v in record.items() if k != "config"}, sort_keys=True, default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+
 _FINAL = ("data", "grad_x", "grad_theta", "spread", "h_max", "q", "total")  # trajectory columns reported at the end
 
 
@@ -171,7 +181,9 @@ def table_rows(result: Algorithm1Result, scores: dict[str, Tensor] | None = None
     st = result.settings
     fixed = {k: v for k, v in st.items() if isinstance(v, (int, float, str, bool)) or v is None}
     fixed["rel_step"] = str(tuple(st["rel_step"]))
-    fixed["denoiser"] = json.dumps(st.get("denoiser", {}), default=str, sort_keys=True)
+    record = st.get("denoiser") or {}
+    fixed["checkpoint_sha256"] = record.get("sha256", "")
+    fixed["provenance"] = provenance_key(record)  # the full record: summary()["provenance"], the table's sidecar
     rows = []
     for b in range(B):
         row = dict(fixed)
@@ -197,10 +209,13 @@ def table_rows(result: Algorithm1Result, scores: dict[str, Tensor] | None = None
 
 
 def summary(result: Algorithm1Result, scores: dict[str, Tensor] | None = None) -> dict:
-    """A JSON-ready summary: the settings, the final objective terms per item, and the metrics if given."""
+    """A JSON-ready summary: the settings, the provenance record under its key (:func:`provenance_key`, the
+    ``provenance`` column of the table rows), the final objective terms per item, and the metrics if given."""
     t = result.trajectory
+    record = result.settings.get("denoiser") or {}
     out = {
         "settings": result.settings,
+        "provenance": {provenance_key(record): record},
         "iterations": int(t["iteration"][-1]),
         "final": {k: t[k][-1].tolist() for k in _FINAL if k in t},
     }

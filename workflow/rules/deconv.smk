@@ -51,7 +51,8 @@ rule algorithm1_table:
     input:
         algorithm1_summaries,
     output:
-        f"{DECONV_DIR}/algorithm1.csv",
+        table=f"{DECONV_DIR}/algorithm1.csv",
+        provenance=f"{DECONV_DIR}/algorithm1.provenance.json",
     log:
         f"{LOGS}/deconv/algorithm1_table.log",
     resources:

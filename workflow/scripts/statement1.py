@@ -5,35 +5,34 @@ from pathlib import Path
 
 sys.stdout = sys.stderr = open(snakemake.log[0], "w", buffering=1)
 
-import numpy as np
 import pandas as pd
 import torch
 
 from diractrap.data import atomic_path
 from diractrap.datasets import class_labels
-from diractrap.problems import load_result
+from diractrap.problems import load_problem, load_result
 from diractrap.statement1 import statement1
 from diractrap.models import get_denoiser
 
 job = snakemake.params.job
 weights_dir = Path(snakemake.input.weights[0]).parent if snakemake.input.weights else None
 torch.set_num_threads(snakemake.threads)
-probs = [dict(np.load(f)) for f in snakemake.input.problems]
+probs = [load_problem(f) for f in snakemake.input.problems]
 runs = [load_result(f) for f in snakemake.input.runs]
 dev = job["device"]
 
 
 def stack(arrays):
-    return torch.from_numpy(np.stack(arrays)).float().to(dev)
+    return torch.stack([torch.as_tensor(a) for a in arrays]).float().to(dev)
 
 
 denoiser = get_denoiser(job["prior"], device=dev, root=weights_dir, download=False, sha256=job["sha256"])
-labels = class_labels(job["labels"], [int(p["label"]) for p in probs])
+labels = class_labels(job["labels"], [p["label"] for p in probs])
 res = statement1(denoiser, stack([p["y"] for p in probs]), stack([p["x_true"] for p in probs]),
                  stack([p["h_true"] for p in probs]), stack([r["x"][0] for r in runs]), stack([r["h"][0] for r in runs]),
                  sigma=job["sigma"], sigma_g=job["sigma_g"], n_iter_delta=job["n_iter_delta"], pad=job["pad"],
                  labels=None if labels is None else labels.to(dev), potential_options=job["potential"], progress=True)
-pairs = pd.DataFrame(job["pairs"]).assign(pair=range(len(probs)), image_name=[str(p["image"]) for p in probs],
+pairs = pd.DataFrame(job["pairs"]).assign(pair=range(len(probs)), image_name=[p["image"] for p in probs],
                                           model=job["model"], run=job["run"], start=job["start"])
 table = pd.concat([pairs, pd.DataFrame(res.rows)], axis=1)
 with atomic_path(snakemake.output[0]) as tmp:
