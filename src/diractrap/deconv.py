@@ -307,19 +307,9 @@ STEP_CAP = 1.99  # constant kernel steps are clamped to STEP_CAP / L_h: a projec
 
 @dataclass(frozen=True)
 class Algorithm1Params:
-    """Parameters of Algorithm 1. Complete named sets: :data:`PRESETS` (``preset("paper")``, ``preset("authors")``);
-    the provenance of every value is in docs/ALGORITHM1.md.
-
-    Kernel steps (``kernel_step``): "projected", theta <- P(theta - gamma_h grad_h Ly), theta stays on the simplex;
-    "chain", the paper's literal theta <- theta - gamma_h J_P(theta)^T grad_h Ly with h = P(theta). J_P is zero off
-    the support of P(theta) and its output sums to zero on it, so under "chain" the projection's threshold never
-    moves and a pixel that has left the support never returns (a one-way ratchet towards small kernels).
-    Step sizes (``kernel_schedule``): "constant" (gamma_h, or 1 / L_h at the first kernel step when None, clamped
-    to STEP_CAP / L_h(x_n) with a warning); "lipschitz" (gamma_h_scale / L_h(x_n) * gamma_h_decay ** (n / N_ext),
-    gamma_h_scale < 2); "log-relative" (the authors': clip(r_n max|h| / max|grad|, 1e-7, gamma_h_max), r_n
-    log-spaced from rel_step[0] to rel_step[1] over the run). L_h is the largest eigenvalue of A_x^T A_x on zero-sum
-    kernels, tracked by warm-started power iterations.
-    """
+    """Parameters of Algorithm 1, one per field with its meaning in a trailing comment. Complete named sets:
+    :data:`PRESETS` (``preset("paper")``, ``preset("authors")``); docs/ALGORITHM1.md gives the source of every
+    value. L_h below is the largest eigenvalue of A_x^T A_x on zero-sum kernels (warm-started power iterations)."""
 
     n_ext: int = 3000  # outer iterations (kernel steps)
     n_in: int = 10  # inner x-steps per kernel step ...
@@ -335,7 +325,13 @@ class Algorithm1Params:
     sigma_g: float = 0.001  # grad q(x) ~ (x - D(x, sigma_g)) / sigma_g^2
     pad: str = "replicate"  # x's start: y extended ("replicate", "reflect") or the full-size observation ("observed")
     inner: str = "gradient"  # or "douglas-rachford"
+    # Kernel step. "projected": theta <- P(theta - gamma_h grad_h Ly), on the simplex. "chain": the paper's literal
+    # theta <- theta - gamma_h J_P(theta)^T grad_h Ly with h = P(theta); J_P vanishes off the support of P(theta)
+    # and sums to zero on it, so the threshold never moves and a pixel that left the support never returns.
     kernel_step: str = "projected"  # or "chain"
+    # Kernel step size. "constant": gamma_h (None: 1 / L_h at the first kernel step), clamped to STEP_CAP / L_h(x_n)
+    # with a warning; "lipschitz": gamma_h_scale / L_h(x_n) * gamma_h_decay ** (n / n_ext); "log-relative" (the
+    # authors'): clip(r_n max|h| / max|grad|, 1e-7, gamma_h_max), r_n log-spaced over the run.
     kernel_schedule: str = "lipschitz"  # or "constant", "log-relative"
     rel_step: tuple[float, float] = (1e-2, 1e-7)  # "log-relative": r_n from rel_step[0] to rel_step[1]
     gamma_h_max: float = 1e-3  # "log-relative": largest step
