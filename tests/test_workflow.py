@@ -18,7 +18,8 @@ import pandas as pd
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import ROOT
+
 REDUCED = {  # a few seconds per job: 2 families x 2 chunks of 2 images, 3 thetas each
     "image_sets": {"demo32": {"source": "demo", "split": "test", "resolution": 32, "count": 4}},
     "sweep": {"chunk": 2, "families": [{"family": "gaussian", "thetas": [0, 1.0, 2.0]},
