@@ -91,18 +91,36 @@ def repo_factory(tmp_path_factory):
     return make
 
 
+def _snapshot(repo: Path) -> dict[str, tuple[int, int]]:
+    """Size and modification time of every file outside .snakemake/ (snakemake's own bookkeeping)."""
+    return {str(p.relative_to(repo)): (p.stat().st_size, p.stat().st_mtime_ns) for p in repo.rglob("*")
+            if p.is_file() and p.relative_to(repo).parts[0] != ".snakemake"}
+
+
+@pytest.fixture(scope="module")
+def parse_repo(repo_factory):
+    """One clean copy shared by the parse-time tests (lint, dry runs): they read it and write nothing into it, which
+    is checked when the module's tests are done. A test that runs jobs or writes a file takes its own copy."""
+    repo = repo_factory("parse")
+    before = _snapshot(repo)
+    yield repo
+    after = _snapshot(repo)
+    changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+    assert not changed, f"a parse-time test wrote into the shared copy: {changed[:10]}"
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Parse-time checks: lint, the paper's DAG, config validation
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def test_lint_is_clean(repo_factory):
-    out = snakemake(repo_factory("lint"), "--lint").stdout
+def test_lint_is_clean(parse_repo):
+    out = snakemake(parse_repo, "--lint").stdout
     assert "Lints for" not in out, out
 
 
-def test_paper_dag_resolves_offline(repo_factory, capsys):
-    repo = repo_factory("paper")
+def test_paper_dag_resolves_offline(parse_repo, capsys):
+    repo = parse_repo
     out = snakemake(repo, "-n", "--configfile", "config/paper.yaml").stdout
     counts = job_counts(out)
     with capsys.disabled():
@@ -132,11 +150,10 @@ def test_paper_dag_resolves_offline(repo_factory, capsys):
         yaml.safe_load((ROOT / "workflow/schemas/config.schema.yaml").read_text())["properties"]))),  # was 666 lines
     ({"models": {"demo": {"prior": "demoo"}}}, "models.demo.prior: 'demoo' is neither a registered prior"),  # was a
 ])                                                                               # missing input file
-def test_config_errors_name_the_key(repo_factory, tmp_path, overlay, named):
-    repo = repo_factory("config")
-    bad = tmp_path / "bad.yaml"
+def test_config_errors_name_the_key(parse_repo, tmp_path, overlay, named):
+    bad = tmp_path / "bad.yaml"  # outside the shared copy: private to this case
     bad.write_text(yaml.safe_dump(overlay))
-    res = snakemake(repo, "-n", "--configfile", str(bad), check=False)
+    res = snakemake(parse_repo, "-n", "--configfile", str(bad), check=False)
     assert res.returncode != 0
     assert named in res.stdout, res.stdout[-2000:]
     assert len(res.stdout.splitlines()) <= 12, res.stdout[-3000:]  # a few lines, never the schema
