@@ -45,7 +45,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import ROOT, SHARED  # tests/ is on sys.path here: under pytest, as a script, and in benchmarks/
+
 sys.path.insert(0, str(ROOT / "src"))
 
 from diractrap.data import atomic_path  # noqa: E402
@@ -53,7 +54,6 @@ from diractrap.datasets import SHARDS  # noqa: E402
 from diractrap.models import REGISTRY  # noqa: E402
 
 VERSION = 1  # bump when the generated files change: the cache directory is per version
-SHARED = Path(os.environ.get("DIRACTRAP_SHARED", ROOT.parent / "shared"))
 MANIFESTS = SHARED / "golden" / "fullsize_manifests.json"
 CACHE_ENV = "DIRACTRAP_STANDINS"  # where the set is cached (default ~/.cache/diractrap/standins-v<VERSION>)
 ROWS = 8  # rows per dataset shard

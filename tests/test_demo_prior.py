@@ -85,15 +85,6 @@ def test_tampered_weights_refused(demo, tmp_path):
 # ---------------------------------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def one_thread():
-    """A tiny network is dominated by thread synchronisation: on a shared 2-core machine 2 threads ran ~8x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_training_resumes_identically(tmp_path, one_thread):
     tiny = dict(DEMO_ARCH, img_resolution=16, model_channels=16, channel_mult=[1, 2], num_blocks=1)
     x = torch.rand(32, 3, 16, 16, generator=torch.Generator().manual_seed(0))  # any images will do

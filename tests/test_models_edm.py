@@ -39,13 +39,7 @@ RTOL32 = 1e-5  # the issue's acceptance threshold, ~10x the float32-vs-float64 s
 RTOL64 = 1e-10  # float64 against a float64 reference: any float32 step would show at ~1e-7
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These networks are tiny: one intra-op thread avoids OpenMP spin-waiting on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread per test (tiny networks)
 
 
 def rel_err(ours, theirs) -> float:

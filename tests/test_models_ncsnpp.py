@@ -278,16 +278,6 @@ def test_other_architectures_run(overrides):
 # ---------------------------------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def one_thread():
-    """One intra-op thread: for a 16x16 network thread hand-offs dominate, and 2 threads on a shared 2-core machine
-    were measured 15x slower (oversubscription)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.mark.slow  # score_sde's tolerances need ~5500 forward+VJP evaluations: ~2.5 min on one core
 def test_potential_reproduces_score_sde_likelihood(one_thread):
     from diractrap import potential

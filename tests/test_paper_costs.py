@@ -3,12 +3,12 @@ arithmetic, and the GPU check's dry path on the CPU (tiny networks)."""
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import ROOT
+
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import paper_costs  # noqa: E402
