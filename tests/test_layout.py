@@ -70,12 +70,15 @@ def _resolve(token: str, modules: dict[str, str]) -> str | None:
 
 
 def _readme_mentions() -> list[str]:
-    """README.md, "What is where": the modules listed in the ``src/diractrap/`` row, and any src/diractrap path."""
+    """README.md, "What is where": the first column of the library's table (the table after the line naming
+    ``src/diractrap/``), and any src/diractrap path in the section."""
     section = _section(ROOT / "README.md", "What is where")
-    rows = [line for line in section.splitlines() if line.startswith("| `src/diractrap/`")]
-    assert len(rows) == 1, "README.md, 'What is where': expected one table row for `src/diractrap/`"
-    listed = re.findall(r"`([^`]+)`", rows[0].split("|")[2])
-    return listed + re.findall(r"src/diractrap/[\w/]+\.py", section)
+    tables = re.split(r"\n(?!\|)", section)  # blocks of consecutive table lines, and the prose between
+    library = [block.strip() for block in tables if block.strip().startswith("| module |")]
+    assert len(library) == 1, "README.md, 'What is where': expected one table headed '| module |' (the library)"
+    cells = [line.split("|")[1] for line in library[0].splitlines()[2:]]
+    return [t for cell in cells for t in re.findall(r"`([^`]+)`", cell)] + re.findall(r"src/diractrap/[\w/]+\.py",
+                                                                                     section)
 
 
 def _design_mentions() -> list[str]:
