@@ -5,6 +5,7 @@ Statement 1 table, nothing left to do, one figure redrawn alone, the report); a 
 sweep job and resumed; the same reduced demo through a one-node SLURM cluster (sbatch), compared with a local run.
 """
 
+import json
 import os
 import re
 import shutil
@@ -193,6 +194,9 @@ def test_demo_writes_five_figures_and_the_statement1_table(demo):
     assert len(a1) == len(d["runs"]) * len(d["pairs"]) * (len(d["starts"]) + 1)  # + the continuation
     assert set(a1["preset"]) == {d["algorithm1"][r]["preset"] for r in d["runs"]}
     assert {"run", "start", "kernel_error", "final_grad_x_rel", "max_step_L"} <= set(a1.columns)
+    records = json.loads((demo / "results/deconv/demo/algorithm1.provenance.json").read_text())
+    assert set(a1["provenance"]) <= set(records)  # every row's key names a record, written once beside the table
+    assert all(records[k]["sha256"] == sha for k, sha in zip(a1["provenance"], a1["checkpoint_sha256"]))
     table = pd.read_parquet(demo / "results/potential/demo.parquet")
     n_thetas = sum(len(f["thetas"]) for f in config["sweep"]["families"])
     n_priors = 1 + len(config["sweep"].get("baselines", []))  # the diffusion prior's rows and each baseline's
