@@ -6,12 +6,21 @@ Each sub-command is a pair ``_add_<name>(subparsers)`` / ``_run_<name>(args)``; 
 from __future__ import annotations
 
 import argparse
+import ast
 import contextlib
+import dataclasses
+import inspect
+import io
 import pickle
+import re
 import sys
+import textwrap
+import tokenize
+import types
+import typing
 from pathlib import Path
 
-__all__ = ["main"]
+__all__ = ["main", "build_parser", "add_options_from", "version"]
 
 
 COMMANDS: list = []  # functions that add one sub-command each (filled below)
@@ -24,15 +33,14 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
-    parser = _Parser(prog="diractrap", description=__doc__.splitlines()[0])
-    parser.add_argument("--debug", action="store_true", help="show the traceback of an error (also after the command)")
-    sub = parser.add_subparsers(dest="command", required=True)
-    for add in COMMANDS:
-        add(sub)
+    parser = build_parser()
     command = next((a for a in argv if not a.startswith("-")), "")
     created: list = []
     try:
-        args = parser.parse_args(argv)
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as done:  # --help and --version end here; report their status instead of exiting
+            return int(done.code or 0)
         command = args.command
         created = _check_arguments(args)  # numbers, inputs and the output path, before any computation
         return int(args.func(args) or 0)
@@ -42,6 +50,29 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"diractrap{' ' + command if command else ''}: error: {_one_line(err)}", file=sys.stderr)
         return 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of the ``diractrap`` command with every sub-command of ``COMMANDS``."""
+    parser = _Parser(prog="diractrap", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error (also after the command)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in COMMANDS:
+        add(sub)
+    return parser
+
+
+def version() -> str:
+    """The installed distribution's version, or the package's own ``__version__`` when it is not installed."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("diractrap")
+    except metadata.PackageNotFoundError:
+        from . import __version__
+
+        return __version__
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -80,7 +111,8 @@ def _check_arguments(args) -> list:
     """Check the parsed options shared by sub-commands; create the output directory. Returns the directories made."""
     from . import checks
 
-    given = {k.removeprefix("param_"): v for k, v in vars(args).items() if v is not None}  # deblur: param_<field>
+    given = {k.removeprefix("param_"): v for k, v in vars(args).items()  # deblur: param_<field>
+             if v is not None and v is not NONE}
     checks.check_positive(**{f"--{k.replace('_', '-')}": given[k] for k in _POSITIVE if k in given})
     checks.check_nonnegative(**{f"--{k.replace('_', '-')}": given[k] for k in _NONNEGATIVE if k in given})
     for k, low in _COUNTS.items():
@@ -119,36 +151,18 @@ def _remove_empty(dirs) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# deblur: Algorithm 1 on one blurry image (diractrap.deconv)
+# Options generated from a parameter dataclass (or a function's keyword arguments): one --field-name per field
 # ---------------------------------------------------------------------------------------------------------------
 
 
-_PARAM_HELP = {  # one line per Algorithm1Params field; the values come from the chosen preset unless given
-    "n_ext": "outer iterations N_ext (kernel steps)",
-    "n_in": "inner x-steps N_in per kernel step",
-    "n_in_first": "inner steps right after a reset, decreasing linearly to N_in (0 or less: none)",
-    "n_in_warmup": "outer iterations of that decrease",
-    "gamma_x": "x step size",
-    "gamma_x_decay": "gamma_x multiplied by this at every reset",
-    "gamma_h": "constant kernel step (kernel-schedule constant; 0 freezes the kernel)",
-    "gamma_h_scale": "lipschitz kernel step SCALE / L_h(x_n), SCALE < 2",
-    "gamma_h_decay": "lipschitz step decays log-linearly to this factor at N_ext",
-    "reset": "x restarts from y every RESET outer iterations",
-    "sigma": "noise std on [0, 1] (paper: 0.01)",
-    "sigma_g": "noise level of the small-noise score for grad q",
-    "pad": "x's start: y extended (replicate, reflect) or BLURRY itself at the size of x (observed)",
-    "inner": "x-solver: gradient or douglas-rachford",
-    "kernel_step": "projected (theta on the simplex) or chain (the paper's literal step; a one-way ratchet)",
-    "kernel_schedule": "constant, lipschitz or log-relative",
-    "rel_step": "log-relative schedule: r_n from the first to the second value",
-    "gamma_h_max": "log-relative schedule: largest kernel step",
-    "dr_sigma": "Douglas-Rachford denoiser noise level (fixed)",
-    "dr_sigma_scale": "Douglas-Rachford denoiser noise level = this x gamma_x",
-    "dr_clamp": "Douglas-Rachford: z clipped to [-CLAMP, 1 + CLAMP]",
-    "dr_restart": "Douglas-Rachford: restart z at x before every kernel step (true/false)",
-    "cg_iter": "conjugate-gradient iterations of the data prox",
-    "cg_tol": "conjugate-gradient tolerance on the squared residual",
-}
+class _Null:
+    """What ``none`` on the command line gives an optional field: unlike None, which means "not given"."""
+
+    def __repr__(self) -> str:
+        return "none"
+
+
+NONE = _Null()
 
 
 def _bool(text: str) -> bool:
@@ -159,9 +173,180 @@ def _bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
-def _add_deblur(sub) -> None:
-    import dataclasses
+def _or_none(kind):
+    """``kind`` that also reads ``none`` (as :data:`NONE`), for a field annotated ``X | None``."""
 
+    def parse(text: str):
+        return NONE if text.lower() == "none" else kind(text)
+
+    parse.__name__ = getattr(kind, "__name__", "value")  # argparse's "invalid float value" names the base type
+    return parse
+
+
+def _argument_kind(annotation) -> dict:
+    """add_argument's type (and nargs, choices) for a value annotated ``annotation``."""
+    origin, targs = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        rest = [a for a in targs if a is not type(None)]
+        if len(rest) != 1 or len(targs) != 2:
+            raise TypeError(f"no command-line option for a field of type {annotation!r}")
+        spec = _argument_kind(rest[0])
+        spec["type"] = _or_none(spec["type"])
+        if "choices" in spec:
+            spec["choices"] = [*spec["choices"], NONE]
+        return spec
+    if origin is typing.Literal:
+        return {"type": type(targs[0]), "choices": list(targs)}
+    if origin in (tuple, list):
+        fixed = origin is tuple and targs and targs[-1] is not Ellipsis
+        return {**_argument_kind(targs[0] if targs else str), "nargs": len(targs) if fixed else "+"}
+    if annotation is bool:
+        return {"type": _bool}
+    if annotation in (int, float, str):
+        return {"type": annotation}
+    raise TypeError(f"no command-line option for a field of type {annotation!r}")
+
+
+def _fields_of(source) -> list[tuple[str, object, object, dict]]:
+    """(name, annotation, default, metadata) of each field of a dataclass, or of each keyword argument with a
+    default of a function (its annotation, or the default's type where there is none or it cannot be evaluated)."""
+    if dataclasses.is_dataclass(source):
+        hints = typing.get_type_hints(source)
+        rows = []
+        for f in dataclasses.fields(source):
+            if f.default is not dataclasses.MISSING:
+                default = f.default
+            elif f.default_factory is not dataclasses.MISSING:
+                default = f.default_factory()
+            else:
+                default = None
+            rows.append((f.name, hints[f.name], default, dict(f.metadata)))
+        return rows
+    try:
+        params = inspect.signature(source, eval_str=True).parameters.values()
+    except NameError:  # an annotation names something the module imports for type checkers only
+        params = inspect.signature(source).parameters.values()
+    return [(q.name, q.annotation if q.annotation is not q.empty and not isinstance(q.annotation, str)
+             else type(q.default), q.default, {}) for q in params if q.default is not q.empty]
+
+
+def _tidy(text: str) -> str:
+    text = re.sub(r":\w+:`~?([^`]*)`", r"\1", text.replace("``", ""))  # Sphinx roles read as plain names
+    return " ".join(text.split()).strip(".")
+
+
+def _line_comments(source) -> dict[str, str]:
+    """name -> the comment that ends the line where the field (or keyword argument, with its default) is defined."""
+    try:
+        text = textwrap.dedent(inspect.getsource(source))
+        tree = ast.parse(text).body[0]
+    except (OSError, TypeError, SyntaxError):  # no source (e.g. a frozen install): help falls back to the name
+        return {}
+    comments = {t.start[0]: t.string.lstrip("#") for t in tokenize.generate_tokens(io.StringIO(text).readline)
+                if t.type == tokenize.COMMENT}
+    ends = {}
+    if isinstance(tree, ast.ClassDef):
+        ends = {n.target.id: n.end_lineno for n in tree.body if isinstance(n, ast.AnnAssign)
+                and isinstance(n.target, ast.Name)}
+    elif isinstance(tree, (ast.FunctionDef, ast.AsyncFunctionDef)):
+        a = tree.args
+        positional = [*a.posonlyargs, *a.args]
+        defaults = [None] * (len(positional) - len(a.defaults)) + list(a.defaults)
+        ends = {arg.arg: (d or arg).end_lineno for arg, d in [*zip(positional, defaults), *zip(a.kwonlyargs,
+                                                                                              a.kw_defaults)]}
+    found = [(name, " ".join(comments[line].split())) for name, line in sorted(ends.items(), key=lambda e: e[1])
+             if line in comments]
+    helps, chain = {}, []  # "a ...", "... b ...", "... c": one sentence spread over consecutive fields
+    for k, (name, text) in enumerate(found):
+        chain.append((name, text.strip(".").strip()))
+        if not (text.endswith("...") and k + 1 < len(found) and found[k + 1][1].startswith("...")):
+            helps.update({n: ", ".join(t for _, t in chain) for n, _ in chain})
+            chain = []
+    return helps
+
+
+def _docstring_entries(source) -> dict[str, str]:
+    """name -> the first sentence of its entry ``name[, name]: text`` in the docstring of ``source``."""
+    entries, names = {}, []
+    for line in (inspect.getdoc(source) or "").splitlines():
+        head, sep, rest = line.partition(":")
+        keys = [k.strip() for k in head.split(",")]
+        if sep and rest.strip() and not line[:1].isspace() and all(k.isidentifier() for k in keys):
+            names = keys
+            for k in names:
+                entries[k] = rest.strip()
+        elif names and line[:1].isspace() and line.strip():  # the entry goes on
+            for k in names:
+                entries[k] += " " + line.strip()
+        else:
+            names = []
+    return {k: _tidy(v.split(". ")[0]) for k, v in entries.items()}
+
+
+def add_options_from(parser, source, *, dest=str.lower, defaults: bool = True, include=None, exclude=(),
+                     choices: dict | None = None, aliases: dict | None = None, notes: dict | None = None) -> dict:
+    """Add one ``--field-name`` option per field of the dataclass ``source`` (or per keyword argument with a
+    default of the function ``source``) to ``parser``; return {field: dest}.
+
+    The value follows the annotation: int, float, str, bool (true/false), Literal (its values as choices), a tuple
+    of n items (n values) or of any length and list (one or more values), ``X | None`` (also ``none``, parsed as
+    :data:`NONE`). ``choices`` adds choices for str fields validated elsewhere. The help is the field's
+    ``metadata["help"]``, else its entry ``name: text`` in the docstring, else the comment ending its line, else
+    its name; ``notes`` adds text for the command line. ``defaults``: the option's default is the field's (shown),
+    or None for "not given" where the caller fills values in (deblur: from a preset). ``aliases``: field -> old
+    spellings, accepted but hidden (:class:`_Deprecated`). ``include`` (an order) and ``exclude`` select fields.
+    """
+    fields = {row[0]: row for row in _fields_of(source)}
+    names = [n for n in (fields if include is None else include) if n not in exclude]
+    comments, entries = _line_comments(source), _docstring_entries(source)
+    made = {}
+    for name in names:
+        _, annotation, default, metadata = fields[name]
+        spec = _argument_kind(annotation)
+        if choices and name in choices:
+            spec["choices"] = list(choices[name])
+        text = metadata.get("help") or "; ".join(filter(None, [entries.get(name), comments.get(name)]))
+        text = text or name.replace("_", " ")
+        if text.startswith("or ") and isinstance(default, str):  # "# or 'b'" after a default 'a'
+            text = f'"{default}" {text}'
+        extra = ["or none"] if typing.get_origin(annotation) in (typing.Union, types.UnionType) else []
+        extra += [notes[name]] if notes and name in notes else []
+        extra += ["default: %(default)s"] if defaults else []
+        text = text.replace("%", "%%") + (f" ({'; '.join(extra)})" if extra else "")
+        option = f"--{name.lower().replace('_', '-')}"
+        action = parser.add_argument(option, dest=dest(name), default=default if defaults else None,
+                                     metavar=None if "choices" in spec else name.upper(), help=text, **spec)
+        for old in (aliases or {}).get(name, ()):
+            _add_alias(parser, action, old)
+        made[name] = action.dest
+    return made
+
+
+class _Deprecated(argparse.Action):
+    """A hidden old spelling of an option: stores into the option's dest and says which name replaces it."""
+
+    def __init__(self, option_strings, dest, new: str = "", **kwargs):
+        self.new = new
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"{parser.prog}: note: {option_string} is a deprecated spelling of {self.new}", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+def _add_alias(parser, action, *old: str) -> None:
+    """Accept the option spellings ``old`` for ``action`` without listing them in the help."""
+    parser.add_argument(*old, dest=action.dest, action=_Deprecated, new=action.option_strings[0], type=action.type,
+                        nargs=action.nargs, choices=action.choices, metavar=action.metavar,
+                        default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# deblur: Algorithm 1 on one blurry image (diractrap.deconv)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _add_deblur(sub) -> None:
     from .deconv import PRESETS, Algorithm1Params
 
     p = sub.add_parser("deblur", help="blind deblurring by Algorithm 1 (MAP, alternating minimisation)",
@@ -174,16 +359,15 @@ def _add_deblur(sub) -> None:
     p.add_argument("--preset", default="authors", choices=sorted(PRESETS),
                    help="Algorithm 1's parameter set (docs/ALGORITHM1.md); every option below overrides one value")
     p.add_argument("--kernel-size", type=int, default=21, help="K (paper: 21)")
-    p.add_argument("--init", default="wide", choices=["wide", "small", "dirac"], help="initial kernel (paper: wide)")
+    start = p.add_argument("--start", default="wide", choices=["wide", "small", "dirac"],
+                           help="initial kernel theta_0: wide (1/K^2), small (Gaussian of std 1.5) or dirac "
+                           "(paper: wide; default %(default)s)")
+    _add_alias(p, start, "--init")
     p.add_argument("--out", required=True, help="output directory")
     group = p.add_argument_group("Algorithm 1 parameters (default: the preset's value)")
-    for f in dataclasses.fields(Algorithm1Params):
-        kind = {"bool": _bool, "str": str, "int": int}.get(type(PRESETS["paper"][f.name]).__name__, float)
-        if f.name in ("n_in_first", "n_in"):
-            kind = int
-        nargs = 2 if f.name == "rel_step" else None
-        group.add_argument(f"--{f.name.replace('_', '-')}", dest=f"param_{f.name}", type=kind, nargs=nargs,
-                           default=None, help=_PARAM_HELP[f.name])
+    notes = {f.name: "presets: " + ", ".join(f"{k} {v[f.name]!r}" for k, v in sorted(PRESETS.items()))
+             for f in dataclasses.fields(Algorithm1Params)}
+    add_options_from(group, Algorithm1Params, dest=lambda name: f"param_{name}", defaults=False, notes=notes)
     p.add_argument("--label", type=int, default=None, help="class label for a conditional prior")
     p.add_argument("--snapshot-every", type=int, default=None, help="trajectory period (default N_ext / 20)")
     p.add_argument("--device", default="cpu")
@@ -202,10 +386,7 @@ def _run_deblur(args) -> int:
     from .data import atomic_path, load_image, save_image
     from .models import get_denoiser
 
-    overrides = {k[len("param_"):]: v for k, v in vars(args).items() if k.startswith("param_") and v is not None}
-    if overrides.get("n_in_first", 1) <= 0:
-        overrides["n_in_first"] = None
-    params = deconv.preset(args.preset, **overrides)
+    params = deblur_params(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)  # before the work: an unwritable --out fails now, not after the run
     denoiser = get_denoiser(args.model, device=args.device)
@@ -218,7 +399,7 @@ def _run_deblur(args) -> int:
         y, y_full = image, None
     labels = None if args.label is None else torch.tensor([args.label], device=args.device)
     every = args.snapshot_every or max(1, params.n_ext // 20)
-    res = deconv.algorithm1(denoiser, y, args.init, kernel_size=K, params=params, labels=labels, y_full=y_full,
+    res = deconv.algorithm1(denoiser, y, args.start, kernel_size=K, params=params, labels=labels, y_full=y_full,
                             snapshots=every, progress=not args.no_progress)
     for name, arr in (("x_hat", res.x[0].numpy()), ("h_hat", res.h[0].numpy())):
         with atomic_path(out / f"{name}.npy") as tmp:
@@ -233,6 +414,16 @@ def _run_deblur(args) -> int:
         tmp.write_text(json.dumps(info, indent=2, default=str))
     print(f"wrote {out}/x_hat.png, h_hat.png, trajectory.npz, summary.json")
     return 0
+
+
+def deblur_params(args):
+    """The :class:`~diractrap.deconv.Algorithm1Params` of a parsed ``deblur`` command line: ``--preset`` with the
+    parameters given on the command line on top (``none`` sets an optional one to None)."""
+    from . import deconv
+
+    overrides = {k.removeprefix("param_"): None if v is NONE else v for k, v in vars(args).items()
+                 if k.startswith("param_") and v is not None}
+    return deconv.preset(args.preset, **overrides)
 
 
 COMMANDS.append(_add_deblur)
@@ -308,22 +499,18 @@ def _run_demo_data(args) -> int:
 COMMANDS.append(_add_demo_data)
 
 
+_TRAIN_OPTIONS = ("steps", "batch_size", "lr", "seed", "P_uniform")  # keyword arguments of train_demo_prior
+
+
 def _add_train_demo(sub) -> None:
     from .train import train_demo_prior
 
-    d = train_demo_prior.__kwdefaults__
     p = sub.add_parser("train-demo", help="train the demo prior (EDM loss) on the demo training crops",
                        description="Train the small EDM denoiser on the demo training crops, resuming from "
                        "OUT/checkpoint.pt if present. Writes OUT/demo_prior.{pt,json} and OUT/loss.csv; copy the two "
                        "demo_prior files into src/diractrap/assets/ to ship them.")
     p.add_argument("out", help="run directory (checkpoint, loss log, final weights)")
-    p.add_argument("--steps", type=int, default=d["steps"])
-    p.add_argument("--batch-size", type=int, default=d["batch_size"])
-    p.add_argument("--lr", type=float, default=d["lr"])
-    p.add_argument("--seed", type=int, default=d["seed"])
-    p.add_argument("--p-uniform", type=float, default=d["P_uniform"],
-                   help="fraction of noise levels drawn log-uniformly on the network's [sigma_min, sigma_max] instead "
-                   "of EDM's log-normal (default %(default)s)")
+    add_options_from(p, train_demo_prior, include=_TRAIN_OPTIONS)
     p.add_argument("--no-bf16", action="store_true", help="train in float32 instead of bfloat16 autocast")
     p.add_argument("--no-resume", action="store_true", help="start afresh even if OUT/checkpoint.pt exists")
     p.add_argument("--threads", type=int, default=None,
@@ -339,8 +526,8 @@ def _run_train_demo(args) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    path = train_demo_prior(args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                            P_uniform=args.p_uniform, bf16=not args.no_bf16, resume=not args.no_resume,
+    options = {name: getattr(args, name.lower()) for name in _TRAIN_OPTIONS}
+    path = train_demo_prior(args.out, **options, bf16=not args.no_bf16, resume=not args.no_resume,
                             progress=not args.no_progress)
     print(f"wrote {path}")
     return 0
@@ -368,8 +555,11 @@ def _add_sweep(sub) -> None:
     p.add_argument("--angle", type=float, default=None, help="motion blur angle in degrees (0 = horizontal)")
     p.add_argument("--kernel-size", type=int, default=21, help="K (paper: 21)")
     p.add_argument("--boundary", default="reflect", choices=["reflect", "replicate", "circular", "zeros"])
-    p.add_argument("--labels", default="none", help="none, dataset (an image set's classes) or a class index")
-    _add_potential_options(p, probes_flag="--n-probes")
+    mode = p.add_argument("--label-mode", default="none",
+                          help="class labels for a conditional prior: none, dataset (each image's class in an image "
+                          "set) or a class index for every image (default %(default)s)")
+    _add_alias(p, mode, "--labels")
+    _add_potential_options(p)
     p.add_argument("--batch-size", type=int, default=16, help="(image, theta) pairs per ODE solve")
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", required=True, help="output table (.parquet or .csv)")
@@ -392,7 +582,7 @@ def _run_sweep(args) -> int:
     else:
         x = torch.stack([load_image(f) for f in args.images])
         names, labels = args.images, np.full(len(args.images), -1)
-    mode = int(args.labels) if args.labels.isdigit() else args.labels
+    mode = int(args.label_mode) if args.label_mode.isdigit() else args.label_mode
     denoiser = get_denoiser(args.model, device=args.device)
     table = sweep(denoiser, x.to(args.device), args.family, args.thetas, names=names,
                   labels=class_labels(mode, labels), angle=args.angle, kernel_size=args.kernel_size,
@@ -412,30 +602,22 @@ COMMANDS.append(_add_sweep)
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _add_potential_options(p, probes_flag: str) -> None:
-    """The fields of potential.PotentialOptions as flags; an absent flag keeps the library's default."""
+def _add_potential_options(p) -> None:
+    """The fields of potential.PotentialOptions as options, with the library's defaults."""
     from .potential import CONTROLS, DIVERGENCES, PROBES, SOLVERS, PotentialOptions
 
-    d = PotentialOptions()
-    p.add_argument("--solver", default=None, choices=SOLVERS, help=f"ODE solver (default {d.solver})")
-    p.add_argument("--steps", type=int, default=None, help=f"Heun steps (default {d.steps})")
-    p.add_argument("--rtol", type=float, default=None, help=f"adaptive relative tolerance (default {d.rtol:g})")
-    p.add_argument("--atol", type=float, default=None,
-                   help=f"adaptive absolute tolerance, nats/dim under --control q (default {d.atol:g})")
-    p.add_argument("--control", default=None, choices=CONTROLS,
-                   help=f"what the adaptive step size controls: q or the whole state (default {d.control})")
-    p.add_argument("--divergence", default=None, choices=DIVERGENCES, help=f"(default {d.divergence})")
-    p.add_argument("--probe", default=None, choices=PROBES, help=f"Hutchinson probe kind (default {d.probe})")
-    p.add_argument(probes_flag, dest="n_probes", type=int, default=None,
-                   help=f"Hutchinson probes per image, >= 2 gives a stderr (default {d.n_probes})")
-    p.add_argument("--seed", type=int, default=None, help=f"probe seed (default {d.seed})")
+    group = p.add_argument_group("how q is computed (diractrap.potential.PotentialOptions)")
+    add_options_from(group, PotentialOptions, exclude=("tail_sigma",),  # the Gaussian tail needs the data's moments
+                     choices=dict(solver=SOLVERS, control=CONTROLS, divergence=DIVERGENCES, probe=PROBES),
+                     aliases={"n_probes": ["--probes"]})
 
 
 def _potential_options(args):
+    """The :class:`~diractrap.potential.PotentialOptions` of a parsed ``potential`` or ``sweep`` command line."""
     from .potential import PotentialOptions
 
     return PotentialOptions.make(None, **{k: getattr(args, k) for k in PotentialOptions.__dataclass_fields__
-                                          if k not in ("rho", "tail_sigma")})
+                                          if hasattr(args, k)})
 
 
 def _add_potential(sub) -> None:
@@ -445,7 +627,7 @@ def _add_potential(sub) -> None:
     p.add_argument("images", nargs="+", help="image files (PNG/JPEG) of one size, values read in [0, 1]")
     p.add_argument("--model", required=True, help="registered prior name or checkpoint path")
     p.add_argument("--size", type=int, default=None, help="resize the shorter side to SIZE and centre-crop")
-    _add_potential_options(p, probes_flag="--probes")
+    _add_potential_options(p)
     p.add_argument("--label", type=int, default=None, help="class index for a class-conditional prior")
     p.add_argument("--batch-size", type=int, default=16, help="images per ODE solve")
     p.add_argument("--device", default="cpu")
