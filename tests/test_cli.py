@@ -13,7 +13,7 @@ from typing import Literal
 
 import pytest
 
-from diractrap import cli
+from diractrap import cli, cli_options
 from diractrap.deconv import PRESETS, Algorithm1Params, preset
 from diractrap.potential import PotentialOptions
 
@@ -245,7 +245,7 @@ class _Toy:
 
 def test_generator_types_defaults_and_help():
     parser = cli._Parser(prog="toy")
-    dests = cli.add_options_from(parser, _Toy, aliases={"count": ["--n"]})
+    dests = cli_options.add_options_from(parser, _Toy, aliases={"count": ["--n"]})
     assert dests == {f.name: f.name for f in dataclasses.fields(_Toy)}
     a = {act.dest: act for act in parser._actions if act.help != "==SUPPRESS=="}
     assert a["count"].help.startswith("how many") and a["named"].help.startswith("from the metadata")
@@ -258,7 +258,7 @@ def test_generator_types_defaults_and_help():
                               items=["x"], named="n")
     args = parser.parse_args(["--n", "4", "--rate", "none", "--mode", "b", "--flag", "yes", "--pair", "3", "4",
                               "--many", "5", "6", "7", "--items", "y", "z", "--named", "m"])
-    assert vars(args) == dict(count=4, rate=cli.NONE, rate_decay=1.0, mode="b", flag=True, pair=[3.0, 4.0],
+    assert vars(args) == dict(count=4, rate=cli_options.NONE, rate_decay=1.0, mode="b", flag=True, pair=[3.0, 4.0],
                               many=[5, 6, 7], items=["y", "z"], named="m")
     with pytest.raises(cli._UsageError, match="invalid choice"):
         parser.parse_args(["--mode", "c"])
@@ -270,4 +270,4 @@ def test_generator_refuses_a_type_it_cannot_read():
         table: dict = field(default_factory=dict)
 
     with pytest.raises(TypeError, match="no command-line option"):
-        cli.add_options_from(cli._Parser(prog="bad"), Bad)
+        cli_options.add_options_from(cli._Parser(prog="bad"), Bad)
