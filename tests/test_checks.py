@@ -341,7 +341,7 @@ def test_cli_potential_of_a_16_bit_png_equals_the_library_on_its_values(tmp_path
     x16 = (photo(16).numpy()[0] * 65535).round().astype(np.uint16)
     Image.fromarray(x16).save(tmp_path / "deep.png")
     assert cli.main(["potential", str(tmp_path / "deep.png"), "--model", name, "--json", "--steps", "4",
-                     "--probes", "2", "--no-progress"]) == 0
+                     "--n-probes", "2", "--no-progress"]) == 0
     import json
 
     q = json.loads(capsys.readouterr().out)[0]["q"]

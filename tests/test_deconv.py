@@ -470,7 +470,7 @@ def test_cli_deblur_writes_its_outputs(tmp_path, monkeypatch, preset):
     save_image((y if preset == "paper" else y_full)[0].clamp(0, 1), tmp_path / "blurry.png")
     out = tmp_path / "out"
     rc = cli.main(["deblur", str(tmp_path / "blurry.png"), "--model", "test-gauss", "--kernel-size", str(K),
-                   "--preset", preset, "--init", "wide", "--out", str(out), "--n-ext", "4", "--n-in", "2",
+                   "--preset", preset, "--start", "wide", "--out", str(out), "--n-ext", "4", "--n-in", "2",
                    "--n-in-first", "3", "--sigma-g", "0.01", "--no-progress"])
     assert rc == 0
     for name in ("x_hat.png", "x_hat.npy", "h_hat.png", "h_hat.npy", "trajectory.npz", "summary.json"):

@@ -433,7 +433,7 @@ def test_cli_potential_json_matches_the_library(tmp_path, capsys, registered_gau
     x = astronaut(16)
     files = [str(save_image(x[i], tmp_path / f"im{i}.png")) for i in range(2)]
     code = cli.main(["potential", *files, "--model", registered_gaussian, "--json", "--solver", "dopri5",
-                     "--probes", "3", "--seed", "4", "--no-progress"])
+                     "--n-probes", "3", "--seed", "4", "--no-progress"])
     assert code == 0
     rows = json.loads(capsys.readouterr().out)
     assert [r["image"] for r in rows] == files

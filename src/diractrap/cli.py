@@ -1,6 +1,8 @@
 """The ``diractrap`` command: thin wrappers over library functions.
 
 Each sub-command is a pair ``_add_<name>(subparsers)`` / ``_run_<name>(args)``; add new ones to ``COMMANDS``.
+Options that mirror a library parameter set (Algorithm1Params, PotentialOptions, train_demo_prior's keywords) are
+generated from it by :func:`diractrap.cli_options.add_options_from`, never copied.
 """
 
 from __future__ import annotations
@@ -11,7 +13,9 @@ import pickle
 import sys
 from pathlib import Path
 
-__all__ = ["main"]
+from .cli_options import NONE, add_alias, add_options_from
+
+__all__ = ["main", "build_parser", "version", "deblur_params"]
 
 
 COMMANDS: list = []  # functions that add one sub-command each (filled below)
@@ -24,15 +28,14 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
-    parser = _Parser(prog="diractrap", description=__doc__.splitlines()[0])
-    parser.add_argument("--debug", action="store_true", help="show the traceback of an error (also after the command)")
-    sub = parser.add_subparsers(dest="command", required=True)
-    for add in COMMANDS:
-        add(sub)
+    parser = build_parser()
     command = next((a for a in argv if not a.startswith("-")), "")
     created: list = []
     try:
-        args = parser.parse_args(argv)
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as done:  # --help and --version end here; report their status instead of exiting
+            return int(done.code or 0)
         command = args.command
         created = _check_arguments(args)  # numbers, inputs and the output path, before any computation
         return int(args.func(args) or 0)
@@ -42,6 +45,29 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"diractrap{' ' + command if command else ''}: error: {_one_line(err)}", file=sys.stderr)
         return 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of the ``diractrap`` command with every sub-command of ``COMMANDS``."""
+    parser = _Parser(prog="diractrap", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error (also after the command)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in COMMANDS:
+        add(sub)
+    return parser
+
+
+def version() -> str:
+    """The installed distribution's version, or the package's own ``__version__`` when it is not installed."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("diractrap")
+    except metadata.PackageNotFoundError:
+        from . import __version__
+
+        return __version__
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -80,7 +106,8 @@ def _check_arguments(args) -> list:
     """Check the parsed options shared by sub-commands; create the output directory. Returns the directories made."""
     from . import checks
 
-    given = {k.removeprefix("param_"): v for k, v in vars(args).items() if v is not None}  # deblur: param_<field>
+    given = {k.removeprefix("param_"): v for k, v in vars(args).items()  # deblur: param_<field>
+             if v is not None and v is not NONE}
     checks.check_positive(**{f"--{k.replace('_', '-')}": given[k] for k in _POSITIVE if k in given})
     checks.check_nonnegative(**{f"--{k.replace('_', '-')}": given[k] for k in _NONNEGATIVE if k in given})
     for k, low in _COUNTS.items():
@@ -123,42 +150,6 @@ def _remove_empty(dirs) -> None:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-_PARAM_HELP = {  # one line per Algorithm1Params field; the values come from the chosen preset unless given
-    "n_ext": "outer iterations N_ext (kernel steps)",
-    "n_in": "inner x-steps N_in per kernel step",
-    "n_in_first": "inner steps right after a reset, decreasing linearly to N_in (0 or less: none)",
-    "n_in_warmup": "outer iterations of that decrease",
-    "gamma_x": "x step size",
-    "gamma_x_decay": "gamma_x multiplied by this at every reset",
-    "gamma_h": "constant kernel step (kernel-schedule constant; 0 freezes the kernel)",
-    "gamma_h_scale": "lipschitz kernel step SCALE / L_h(x_n), SCALE < 2",
-    "gamma_h_decay": "lipschitz step decays log-linearly to this factor at N_ext",
-    "reset": "x restarts from y every RESET outer iterations",
-    "sigma": "noise std on [0, 1] (paper: 0.01)",
-    "sigma_g": "noise level of the small-noise score for grad q",
-    "pad": "x's start: y extended (replicate, reflect) or BLURRY itself at the size of x (observed)",
-    "inner": "x-solver: gradient or douglas-rachford",
-    "kernel_step": "projected (theta on the simplex) or chain (the paper's literal step; a one-way ratchet)",
-    "kernel_schedule": "constant, lipschitz or log-relative",
-    "rel_step": "log-relative schedule: r_n from the first to the second value",
-    "gamma_h_max": "log-relative schedule: largest kernel step",
-    "dr_sigma": "Douglas-Rachford denoiser noise level (fixed)",
-    "dr_sigma_scale": "Douglas-Rachford denoiser noise level = this x gamma_x",
-    "dr_clamp": "Douglas-Rachford: z clipped to [-CLAMP, 1 + CLAMP]",
-    "dr_restart": "Douglas-Rachford: restart z at x before every kernel step (true/false)",
-    "cg_iter": "conjugate-gradient iterations of the data prox",
-    "cg_tol": "conjugate-gradient tolerance on the squared residual",
-}
-
-
-def _bool(text: str) -> bool:
-    if text.lower() in ("1", "true", "yes"):
-        return True
-    if text.lower() in ("0", "false", "no"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-
-
 def _add_deblur(sub) -> None:
     import dataclasses
 
@@ -174,16 +165,15 @@ def _add_deblur(sub) -> None:
     p.add_argument("--preset", default="authors", choices=sorted(PRESETS),
                    help="Algorithm 1's parameter set (docs/ALGORITHM1.md); every option below overrides one value")
     p.add_argument("--kernel-size", type=int, default=21, help="K (paper: 21)")
-    p.add_argument("--init", default="wide", choices=["wide", "small", "dirac"], help="initial kernel (paper: wide)")
+    start = p.add_argument("--start", default="wide", choices=["wide", "small", "dirac"],
+                           help="initial kernel theta_0: wide (1/K^2), small (Gaussian of std 1.5) or dirac "
+                           "(paper: wide; default %(default)s)")
+    add_alias(p, start, "--init")
     p.add_argument("--out", required=True, help="output directory")
     group = p.add_argument_group("Algorithm 1 parameters (default: the preset's value)")
-    for f in dataclasses.fields(Algorithm1Params):
-        kind = {"bool": _bool, "str": str, "int": int}.get(type(PRESETS["paper"][f.name]).__name__, float)
-        if f.name in ("n_in_first", "n_in"):
-            kind = int
-        nargs = 2 if f.name == "rel_step" else None
-        group.add_argument(f"--{f.name.replace('_', '-')}", dest=f"param_{f.name}", type=kind, nargs=nargs,
-                           default=None, help=_PARAM_HELP[f.name])
+    notes = {f.name: "presets: " + ", ".join(f"{k} {v[f.name]!r}" for k, v in sorted(PRESETS.items()))
+             for f in dataclasses.fields(Algorithm1Params)}
+    add_options_from(group, Algorithm1Params, dest=lambda name: f"param_{name}", defaults=False, notes=notes)
     p.add_argument("--label", type=int, default=None, help="class label for a conditional prior")
     p.add_argument("--snapshot-every", type=int, default=None, help="trajectory period (default N_ext / 20)")
     p.add_argument("--device", default="cpu")
@@ -202,10 +192,7 @@ def _run_deblur(args) -> int:
     from .data import atomic_path, load_image, save_image
     from .models import get_denoiser
 
-    overrides = {k[len("param_"):]: v for k, v in vars(args).items() if k.startswith("param_") and v is not None}
-    if overrides.get("n_in_first", 1) <= 0:
-        overrides["n_in_first"] = None
-    params = deconv.preset(args.preset, **overrides)
+    params = deblur_params(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)  # before the work: an unwritable --out fails now, not after the run
     denoiser = get_denoiser(args.model, device=args.device)
@@ -218,7 +205,7 @@ def _run_deblur(args) -> int:
         y, y_full = image, None
     labels = None if args.label is None else torch.tensor([args.label], device=args.device)
     every = args.snapshot_every or max(1, params.n_ext // 20)
-    res = deconv.algorithm1(denoiser, y, args.init, kernel_size=K, params=params, labels=labels, y_full=y_full,
+    res = deconv.algorithm1(denoiser, y, args.start, kernel_size=K, params=params, labels=labels, y_full=y_full,
                             snapshots=every, progress=not args.no_progress)
     for name, arr in (("x_hat", res.x[0].numpy()), ("h_hat", res.h[0].numpy())):
         with atomic_path(out / f"{name}.npy") as tmp:
@@ -235,6 +222,16 @@ def _run_deblur(args) -> int:
     return 0
 
 
+def deblur_params(args):
+    """The :class:`~diractrap.deconv.Algorithm1Params` of a parsed ``deblur`` command line: ``--preset`` with the
+    parameters given on the command line on top (``none`` sets an optional one to None)."""
+    from . import deconv
+
+    overrides = {k.removeprefix("param_"): None if v is NONE else v for k, v in vars(args).items()
+                 if k.startswith("param_") and v is not None}
+    return deconv.preset(args.preset, **overrides)
+
+
 COMMANDS.append(_add_deblur)
 
 
@@ -248,8 +245,10 @@ def _add_models(sub) -> None:
                        description="List the registered priors with the state of each file (missing, partial, "
                        "verified, mismatch, loads (not yet recorded), invalid); --fetch downloads, loads and records "
                        "checkpoints; --forget removes a recorded hash.")
-    p.add_argument("--root", default=None, help="checkpoint directory (default $DIRACTRAP_CHECKPOINTS or data/checkpoints)")
-    p.add_argument("--no-verify", action="store_true", help="do not hash present files, nor load those with no recorded hash (faster)")
+    p.add_argument("--root", default=None,
+                   help="checkpoint directory (default $DIRACTRAP_CHECKPOINTS or data/checkpoints)")
+    p.add_argument("--no-verify", action="store_true",
+                   help="do not hash present files, nor load those with no recorded hash (faster)")
     p.add_argument("--fetch", nargs="+", metavar="NAME", default=None, help="download and verify these checkpoints")
     p.add_argument("--forget", nargs="+", metavar="NAME", default=None,
                    help="remove the recorded sha256 of these checkpoints (e.g. after the source published a new file)")
@@ -308,22 +307,18 @@ def _run_demo_data(args) -> int:
 COMMANDS.append(_add_demo_data)
 
 
+_TRAIN_OPTIONS = ("steps", "batch_size", "lr", "seed", "P_uniform")  # keyword arguments of train_demo_prior
+
+
 def _add_train_demo(sub) -> None:
     from .train import train_demo_prior
 
-    d = train_demo_prior.__kwdefaults__
     p = sub.add_parser("train-demo", help="train the demo prior (EDM loss) on the demo training crops",
                        description="Train the small EDM denoiser on the demo training crops, resuming from "
                        "OUT/checkpoint.pt if present. Writes OUT/demo_prior.{pt,json} and OUT/loss.csv; copy the two "
                        "demo_prior files into src/diractrap/assets/ to ship them.")
     p.add_argument("out", help="run directory (checkpoint, loss log, final weights)")
-    p.add_argument("--steps", type=int, default=d["steps"])
-    p.add_argument("--batch-size", type=int, default=d["batch_size"])
-    p.add_argument("--lr", type=float, default=d["lr"])
-    p.add_argument("--seed", type=int, default=d["seed"])
-    p.add_argument("--p-uniform", type=float, default=d["P_uniform"],
-                   help="fraction of noise levels drawn log-uniformly on the network's [sigma_min, sigma_max] instead "
-                   "of EDM's log-normal (default %(default)s)")
+    add_options_from(p, train_demo_prior, include=_TRAIN_OPTIONS)
     p.add_argument("--no-bf16", action="store_true", help="train in float32 instead of bfloat16 autocast")
     p.add_argument("--no-resume", action="store_true", help="start afresh even if OUT/checkpoint.pt exists")
     p.add_argument("--threads", type=int, default=None,
@@ -339,8 +334,8 @@ def _run_train_demo(args) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    path = train_demo_prior(args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                            P_uniform=args.p_uniform, bf16=not args.no_bf16, resume=not args.no_resume,
+    options = {name: getattr(args, name.lower()) for name in _TRAIN_OPTIONS}
+    path = train_demo_prior(args.out, **options, bf16=not args.no_bf16, resume=not args.no_resume,
                             progress=not args.no_progress)
     print(f"wrote {path}")
     return 0
@@ -368,8 +363,11 @@ def _add_sweep(sub) -> None:
     p.add_argument("--angle", type=float, default=None, help="motion blur angle in degrees (0 = horizontal)")
     p.add_argument("--kernel-size", type=int, default=21, help="K (paper: 21)")
     p.add_argument("--boundary", default="reflect", choices=["reflect", "replicate", "circular", "zeros"])
-    p.add_argument("--labels", default="none", help="none, dataset (an image set's classes) or a class index")
-    _add_potential_options(p, probes_flag="--n-probes")
+    mode = p.add_argument("--label-mode", default="none",
+                          help="class labels for a conditional prior: none, dataset (each image's class in an image "
+                          "set) or a class index for every image (default %(default)s)")
+    add_alias(p, mode, "--labels")
+    _add_potential_options(p)
     p.add_argument("--batch-size", type=int, default=16, help="(image, theta) pairs per ODE solve")
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", required=True, help="output table (.parquet or .csv)")
@@ -392,7 +390,7 @@ def _run_sweep(args) -> int:
     else:
         x = torch.stack([load_image(f) for f in args.images])
         names, labels = args.images, np.full(len(args.images), -1)
-    mode = int(args.labels) if args.labels.isdigit() else args.labels
+    mode = int(args.label_mode) if args.label_mode.isdigit() else args.label_mode
     denoiser = get_denoiser(args.model, device=args.device)
     table = sweep(denoiser, x.to(args.device), args.family, args.thetas, names=names,
                   labels=class_labels(mode, labels), angle=args.angle, kernel_size=args.kernel_size,
@@ -412,30 +410,22 @@ COMMANDS.append(_add_sweep)
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _add_potential_options(p, probes_flag: str) -> None:
-    """The fields of potential.PotentialOptions as flags; an absent flag keeps the library's default."""
+def _add_potential_options(p) -> None:
+    """The fields of potential.PotentialOptions as options, with the library's defaults."""
     from .potential import CONTROLS, DIVERGENCES, PROBES, SOLVERS, PotentialOptions
 
-    d = PotentialOptions()
-    p.add_argument("--solver", default=None, choices=SOLVERS, help=f"ODE solver (default {d.solver})")
-    p.add_argument("--steps", type=int, default=None, help=f"Heun steps (default {d.steps})")
-    p.add_argument("--rtol", type=float, default=None, help=f"adaptive relative tolerance (default {d.rtol:g})")
-    p.add_argument("--atol", type=float, default=None,
-                   help=f"adaptive absolute tolerance, nats/dim under --control q (default {d.atol:g})")
-    p.add_argument("--control", default=None, choices=CONTROLS,
-                   help=f"what the adaptive step size controls: q or the whole state (default {d.control})")
-    p.add_argument("--divergence", default=None, choices=DIVERGENCES, help=f"(default {d.divergence})")
-    p.add_argument("--probe", default=None, choices=PROBES, help=f"Hutchinson probe kind (default {d.probe})")
-    p.add_argument(probes_flag, dest="n_probes", type=int, default=None,
-                   help=f"Hutchinson probes per image, >= 2 gives a stderr (default {d.n_probes})")
-    p.add_argument("--seed", type=int, default=None, help=f"probe seed (default {d.seed})")
+    group = p.add_argument_group("how q is computed (diractrap.potential.PotentialOptions)")
+    add_options_from(group, PotentialOptions, exclude=("tail_sigma",),  # the Gaussian tail needs the data's moments
+                     choices=dict(solver=SOLVERS, control=CONTROLS, divergence=DIVERGENCES, probe=PROBES),
+                     aliases={"n_probes": ["--probes"]})
 
 
 def _potential_options(args):
+    """The :class:`~diractrap.potential.PotentialOptions` of a parsed ``potential`` or ``sweep`` command line."""
     from .potential import PotentialOptions
 
     return PotentialOptions.make(None, **{k: getattr(args, k) for k in PotentialOptions.__dataclass_fields__
-                                          if k not in ("rho", "tail_sigma")})
+                                          if hasattr(args, k)})
 
 
 def _add_potential(sub) -> None:
@@ -445,7 +435,7 @@ def _add_potential(sub) -> None:
     p.add_argument("images", nargs="+", help="image files (PNG/JPEG) of one size, values read in [0, 1]")
     p.add_argument("--model", required=True, help="registered prior name or checkpoint path")
     p.add_argument("--size", type=int, default=None, help="resize the shorter side to SIZE and centre-crop")
-    _add_potential_options(p, probes_flag="--probes")
+    _add_potential_options(p)
     p.add_argument("--label", type=int, default=None, help="class index for a class-conditional prior")
     p.add_argument("--batch-size", type=int, default=16, help="images per ODE solve")
     p.add_argument("--device", default="cpu")

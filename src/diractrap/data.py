@@ -1,7 +1,11 @@
-"""Images in and out of the library: files <-> (C, H, W) float tensors in [0, 1], and the embedded demo images.
+"""Image files and the embedded demo crops: files <-> (C, H, W) float tensors in [0, 1].
 
-Sections: image files; the embedded demo images (crops of photographs bundled with installed packages);
-(later) the paper's datasets.
+This module owns the small file utilities every other module uses (:func:`load_image`, :func:`save_image`,
+:class:`atomic_path`) and the demo crops: deterministic crops of photographs bundled with installed packages
+(scikit-image, matplotlib, scikit-learn), which train and test the demo prior without a download. The paper's
+image sets, and the ``.npz`` file format the workflow reads, are in :mod:`diractrap.datasets`.
+
+Sections: image files; the embedded demo images.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Image sets for the experiments: the paper's 100 training images per model, and the embedded demo crops.
+"""The image sets of the experiments: the paper's 100 training images per model, and the demo crops as a set.
 
 Figure 3 of the paper evaluates each prior on 100 images of its own *training* set. We take them from public
 parquet mirrors on the Hugging Face hub, one shard each, at a pinned revision (never the whole dataset), and make
@@ -7,7 +7,8 @@ Lanczos filter, ImageNet centre-cropped to a square and then downsampled (the Im
 reportedly made that way; the same transform leaves it unchanged).
 
 Every image set, paper or demo, is stored in one file format (an ``.npz``, see :class:`ImageSet`) that the
-workflow's sweep and deconvolution jobs read.
+workflow's sweep and deconvolution jobs read. The demo crops themselves (and image file input/output) belong to
+:mod:`diractrap.data`; :func:`demo_image_set` only packs them into this format.
 
 Sections: the image-set file; the public mirrors; download; preparation (selection, EDM's transforms); the demo set.
 """
