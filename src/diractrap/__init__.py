@@ -9,7 +9,8 @@ Modules, one per paper concept (docs/DESIGN.md has the module map with each one'
     statement1, theorem1   Statement 1 and Theorem 1's hypotheses in numbers; mixture: an exact prior for them
     models                 the pretrained networks (NCSN++, EDM), checkpoint loading and downloads, the registry
     data, datasets, train  image files and the embedded demo crops; the paper's image sets; the demo prior
-    checks, figures, cli   input validation; Figures 1-5 from result tables; the ``diractrap`` command
+    checks, figures       input validation; Figures 1-5 from result tables
+    cli, cli_options       the ``diractrap`` command, its options generated from the parameter dataclasses
 """
 
 __version__ = "0.1.0"
