@@ -162,14 +162,14 @@ def test_sample_sigma_mixture_follows_its_cdf(p_uniform):
 
 
 def test_heun_sampler_matches_gaussian_flow():
-    from diractrap.train import _item_generator
+    from diractrap.rng import ItemGenerators
 
     prior = GaussianPrior.power_law((3, 8, 8), c=2e-4, mean=0.5, sigma_min=0.01, sigma_max=5.0)
     n, steps, seed = 4, 64, 3
     x = edm_sampler(prior, n, steps=steps, seed=seed, resolution=8, clip=False)
     # the same initial noise, mapped exactly
 
-    z = torch.stack([torch.randn(3, 8, 8, generator=_item_generator(seed, k), dtype=torch.float64) for k in range(n)])
+    z = ItemGenerators(seed, range(n), scheme="affine").randn((3, 8, 8), dtype=torch.float64)
     c = torch.fft.fft2(z * prior.sigma_max - prior.mean, norm="ortho")  # x(sigma_max) - m
     lam = prior.lam
     exact_min = torch.fft.ifft2(c * torch.sqrt((lam + prior.sigma_min**2) / (lam + prior.sigma_max**2)), norm="ortho").real

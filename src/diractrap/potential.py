@@ -39,20 +39,19 @@ import math
 from dataclasses import dataclass, field
 from fractions import Fraction
 
-import numpy as np
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from .checks import check_count, check_images, check_model_input, check_nonnegative, check_positive
 from .priors import check_denoiser, from_native, range_scale, to_native
+from .rng import ItemGenerators
 
 __all__ = [
     "PotentialOptions",
     "PotentialResult",
     "potential",
     "make_probes",
-    "item_generator",
     "rho_schedule",
     "gaussian_flow_potential",
     "SOLVERS",
@@ -168,21 +167,14 @@ class PotentialResult:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def item_generator(seed: int, item_id: int) -> torch.Generator:
-    """A CPU generator seeded from (seed, item_id) through numpy's SeedSequence (well mixed, stable across runs)."""
-    if seed < 0 or item_id < 0:
-        raise ValueError(f"seed and item ids must be >= 0, got seed={seed}, item_id={item_id}")
-    state = np.random.SeedSequence([int(seed), int(item_id)]).generate_state(1, dtype=np.uint64)[0]
-    return torch.Generator().manual_seed(int(state))
-
-
 def make_probes(shape, n_probes: int, *, seed: int = 0, item_ids=None, kind: str = "rademacher",
                 dtype=torch.float32, device=None) -> Tensor:
     """Hutchinson probes for a batch of images of shape (B, C, H, W): a tensor (B, M, C, H, W).
 
-    Item i's M probes come from ``item_generator(seed, item_ids[i])`` (drawn on the CPU, then moved), so they do
-    not depend on the batch an item is in nor on the device. ``item_ids`` defaults to arange(B); pass the image's
-    index to reuse the same probes for every blurred version of that image (common random numbers).
+    Item i's M probes come from its own generator (:class:`diractrap.rng.ItemGenerators`, scheme "seedsequence",
+    drawn on the CPU, then moved), so they do not depend on the batch an item is in nor on the device.
+    ``item_ids`` defaults to arange(B); pass the image's index to reuse the same probes for every blurred version
+    of that image (common random numbers).
     ``kind``: "rademacher" (+-1, so |eps|^2 = N exactly) or "gaussian" (N(0, 1) entries).
     """
     if kind not in PROBES:
@@ -193,15 +185,10 @@ def make_probes(shape, n_probes: int, *, seed: int = 0, item_ids=None, kind: str
     ids = range(B) if item_ids is None else [int(i) for i in item_ids]
     if len(ids) != B:
         raise ValueError(f"item_ids has {len(ids)} entries for a batch of {B}")
-    out = []
-    for i in ids:
-        g = item_generator(seed, i)
-        if kind == "rademacher":
-            eps = torch.randint(0, 2, (n_probes, *item_shape), generator=g, dtype=torch.int8).to(dtype) * 2 - 1
-        else:
-            eps = torch.randn((n_probes, *item_shape), generator=g, dtype=torch.float64).to(dtype)
-        out.append(eps)
-    return torch.stack(out).to(device)
+    gens = ItemGenerators(seed, ids, scheme="seedsequence")
+    if kind == "rademacher":
+        return gens.rademacher((n_probes, *item_shape), dtype=dtype).to(device)
+    return gens.randn((n_probes, *item_shape), dtype=torch.float64).to(dtype).to(device)
 
 
 # ---------------------------------------------------------------------------------------------------------------

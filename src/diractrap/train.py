@@ -29,6 +29,7 @@ from torch import Tensor
 from .data import atomic_path, demo_images
 from .models.download import sha256sum
 from .priors import denoise_unit, from_native, to_native
+from .rng import ItemGenerators, item_seed
 
 __all__ = [
     "DEMO_ARCH",
@@ -144,7 +145,7 @@ def edm_loss(
 
 def _step_seed(seed: int, step: int) -> int:
     """One seed per (run seed, step): the randomness of a step does not depend on when the run was resumed."""
-    return (seed * 1_000_003 + step) % (2**63)
+    return item_seed(seed, step, "affine")
 
 
 def _lr(step: int, lr: float, rampup: int, steps: int, decay: bool) -> float:
@@ -379,10 +380,6 @@ def load_demo_prior(config=None, *, device="cpu"):
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _item_generator(seed: int, item: int) -> torch.Generator:
-    return torch.Generator().manual_seed((seed * 1_000_003 + item) % (2**63))
-
-
 @torch.no_grad()
 def edm_sampler(
     denoiser,
@@ -416,7 +413,7 @@ def edm_sampler(
     out = []
     for start in tqdm(range(0, n, batch_size), desc="EDM sampler", disable=not progress):
         ids = range(start, min(n, start + batch_size))
-        x = torch.stack([torch.randn(channels, R, R, generator=_item_generator(seed, k), dtype=torch.float64) for k in ids])
+        x = ItemGenerators(seed, ids, scheme="affine").randn((channels, R, R), dtype=torch.float64)
         x = x * t[0]
         for k in range(steps):
             t_cur, t_next = t[k], t[k + 1]
@@ -465,7 +462,7 @@ def denoising_table(denoiser, images: Tensor, sigmas=(0.05, 0.1, 0.2), seed: int
     noise of a generator seeded by (seed, i) scaled by sigma (the same noise for every sigma and every denoiser);
     the estimate D(x + sigma n, sigma) is not clipped. With ``per_image`` the values are (N,) tensors.
     """
-    noise = torch.stack([torch.randn(images.shape[1:], generator=_item_generator(seed, i)) for i in range(len(images))])
+    noise = ItemGenerators(seed, range(len(images)), scheme="affine").randn(images.shape[1:])
     table = {}
     for sigma in sigmas:
         values = []
@@ -489,7 +486,7 @@ def compare_with_wiener(denoiser, sigmas=(0.05, 0.1, 0.2), seed: int = 0, resolu
     gauss = GaussianPrior.fit(demo_images("train", resolution))
     demo = denoising_table(denoiser, test, sigmas, seed)
     wiener = denoising_table(gauss, test, sigmas, seed)
-    noise = torch.stack([torch.randn(test.shape[1:], generator=_item_generator(seed, i)) for i in range(len(test))])
+    noise = ItemGenerators(seed, range(len(test)), scheme="affine").randn(test.shape[1:])
     noisy = [float(psnr(test + s * noise, test).mean()) for s in sigmas]
     return dict(sigma=list(map(float, sigmas)), demo=[round(demo[s], 3) for s in map(float, sigmas)],
                 wiener=[round(wiener[s], 3) for s in map(float, sigmas)], noisy=[round(v, 3) for v in noisy],
