@@ -250,14 +250,27 @@ class _Drift:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def rho_schedule(sigma_min: float, sigma_max: float, steps: int, rho: float = 7.0) -> Tensor:  # EDM: rho = 7
+def rho_schedule(sigma_min: float, sigma_max: float, steps: int, rho: float = 7.0, *,  # EDM: rho = 7
+                 descending: bool = False) -> Tensor:
     """EDM's noise levels sigma_i = (sigma_min^(1/rho) + i/n (sigma_max^(1/rho) - sigma_min^(1/rho)))^rho, i = 0..n,
-    increasing from sigma_min to sigma_max (float64, (steps + 1,)). ``rho = inf`` is the limit: evenly spaced in
-    ln sigma (a geometric sequence)."""
-    if steps < 1:
+    increasing from sigma_min to sigma_max (float64, (steps + 1,)), end points exactly sigma_min and sigma_max.
+    ``rho = inf`` is the limit: evenly spaced in ln sigma (a geometric sequence).
+
+    ``descending``: the same levels from sigma_max down to sigma_min, in the arithmetic of EDM's sampler
+    (Karras et al. 2022, Eq. 5): (sigma_max^(1/rho) + i/n (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho with the
+    end points not pinned. It differs from the reversed ascending schedule by rounding only, and is kept so that
+    :func:`diractrap.train.edm_sampler` draws the same samples as before; ``steps = 0`` gives [sigma_max].
+    """
+    if steps < (0 if descending else 1):
         raise ValueError(f"steps must be >= 1, got {steps}")
     if not rho > 0:
         raise ValueError(f"rho must be > 0 (or inf), got {rho}")
+    if descending and not math.isinf(rho):
+        i = torch.arange(steps + 1, dtype=torch.float64)
+        lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
+        return (hi + i / max(steps, 1) * (lo - hi)) ** rho
+    if descending:
+        return rho_schedule(sigma_min, sigma_max, max(steps, 1), rho)[-steps - 1 :].flip(0)
     t = torch.linspace(0, 1, steps + 1, dtype=torch.float64)
     if math.isinf(rho):
         s = torch.exp(math.log(sigma_min) + t * math.log(sigma_max / sigma_min))

@@ -28,6 +28,7 @@ from torch import Tensor
 
 from .data import atomic_path, demo_images
 from .models.download import sha256sum
+from .potential import rho_schedule
 from .priors import denoise_unit, from_native, to_native
 from .rng import ItemGenerators, item_seed
 
@@ -398,7 +399,8 @@ def edm_sampler(
 ) -> Tensor:
     """n samples of the prior by EDM's deterministic Heun sampler; (n, C, R, R) in [0, 1] (clipped if ``clip``).
 
-    Time steps t_i = (s_max^(1/rho) + i/(steps-1) (s_min^(1/rho) - s_max^(1/rho)))^rho, then t_steps = 0; the ODE
+    Time steps t_i = (s_max^(1/rho) + i/(steps-1) (s_min^(1/rho) - s_max^(1/rho)))^rho (EDM's schedule,
+    :func:`diractrap.potential.rho_schedule` with ``descending=True``), then t_steps = 0; the ODE
     dx/dt = (x - D(x, t)) / t is integrated by Heun's method (Euler on the last step). The initial noise of
     sample i comes from a generator seeded by (seed, i): samples do not depend on ``batch_size``.
     """
@@ -407,8 +409,7 @@ def edm_sampler(
     s_min = float(denoiser.sigma_min if sigma_min is None else sigma_min)
     s_max = float(denoiser.sigma_max if sigma_max is None else sigma_max)
     R = int(resolution or getattr(denoiser, "img_resolution", 32))
-    i = torch.arange(steps, dtype=torch.float64)
-    t = (s_max ** (1 / rho) + i / max(steps - 1, 1) * (s_min ** (1 / rho) - s_max ** (1 / rho))) ** rho
+    t = rho_schedule(s_min, s_max, steps - 1, rho, descending=True)
     t = torch.cat([t, torch.zeros(1, dtype=torch.float64)])
     out = []
     for start in tqdm(range(0, n, batch_size), desc="EDM sampler", disable=not progress):
