@@ -199,3 +199,13 @@ def test_denoising_table_identity_is_input_psnr():
     # identity denoiser: PSNR = -10 log10(sigma^2 mean n^2); mean n^2 over 3072 pixels is 1 +- 0.026 (chi^2 / N)
     assert table[0.1].shape == (16,)
     assert (table[0.1] - (-20 * math.log10(0.1))).abs().max() < 10 * math.log10(1 + 4 * 0.026)
+
+
+def test_the_table_psnr_is_metrics_psnr_and_keeps_its_old_arithmetic():
+    from diractrap.metrics import psnr
+
+    g = torch.Generator().manual_seed(2)
+    x, ref = torch.rand(16, 3, 8, 8, generator=g), torch.rand(16, 3, 8, 8, generator=g)
+    mse = ((x.double() - ref.double()) ** 2).flatten(1).mean(1)
+    assert torch.equal(psnr(x, ref), -10 * torch.log10(mse))  # the demo table's formula before metrics owned it
+    torch.testing.assert_close(psnr(2 * x, 2 * ref, data_range=2.0), psnr(x, ref), rtol=1e-14, atol=0)

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from .data import atomic_path, demo_images
+from .metrics import psnr
 from .models.download import sha256sum
 from .potential import rho_schedule
 from .priors import denoise_unit, from_native, to_native
@@ -39,9 +40,7 @@ __all__ = [
     "train_demo_prior",
     "load_demo_prior",
     "edm_sampler",
-    "sample_grid",
     "denoising_table",
-    "psnr",
 ]
 
 
@@ -429,29 +428,9 @@ def edm_sampler(
     return torch.cat(out)
 
 
-def sample_grid(x: Tensor, path, *, nrow: int = 8, pad: int = 1, upscale: int = 4) -> Path:
-    """Write images (N, C, R, R) in [0, 1] as one PNG grid (white padding, nearest-neighbour upscaled for display)."""
-    from .data import save_image
-
-    N, C, H, W = x.shape
-    rows = math.ceil(N / nrow)
-    grid = torch.ones(C, rows * (H + pad) + pad, nrow * (W + pad) + pad)
-    for k in range(N):
-        r, c = divmod(k, nrow)
-        grid[:, pad + r * (H + pad) : pad + r * (H + pad) + H, pad + c * (W + pad) : pad + c * (W + pad) + W] = x[k]
-    grid = grid.repeat_interleave(upscale, -2).repeat_interleave(upscale, -1)
-    return save_image(grid, path)
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Denoising table: PSNR of D(x + sigma n, sigma) on test crops, sigma in [0, 1] units
 # ---------------------------------------------------------------------------------------------------------------
-
-
-def psnr(x: Tensor, ref: Tensor) -> Tensor:
-    """PSNR in dB per image for images in [0, 1] (peak 1): -10 log10 mean |x - ref|^2, shape (B,)."""
-    mse = ((x.double() - ref.double()) ** 2).flatten(1).mean(1)
-    return -10 * torch.log10(mse)
 
 
 @torch.no_grad()
