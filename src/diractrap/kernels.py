@@ -123,23 +123,26 @@ def _gaussian_family(theta: Tensor, size: int) -> Tensor:
 _BUILDERS = {"gaussian": _gaussian_family, "motion": _motion, "airy": _airy, "defocus": _defocus}
 
 
-def kernel(family: str, theta, size: int = 21, *, dtype=torch.float32, device=None, **options) -> Tensor:
+def kernel(family: str, theta, size: int = 21, angle: float | None = None, *, dtype=torch.float32,
+           device=None) -> Tensor:
     """The kernel h_theta of a family on a size x size grid.
 
     Args:
-        family: "gaussian" (theta = std in pixels), "motion" (theta = half-length in pixels; option
-            ``angle`` in degrees, default 0 = horizontal), "airy" (theta = radius of the first dark ring in pixels)
-            or "defocus" (theta = disc radius in pixels).
+        family: "gaussian" (theta = std in pixels), "motion" (theta = half-length in pixels), "airy" (theta =
+            radius of the first dark ring in pixels) or "defocus" (theta = disc radius in pixels).
         theta: a number (returns (K, K)) or a 1-D tensor / sequence of T values (returns (T, K, K)). theta >= 0.
         size: K, odd or even; the centre is K // 2.
+        angle: the motion blur's direction in degrees (None: 0 = horizontal). Every family takes the argument, so
+            callers pass a pair's angle as it is; the other families are isotropic and accept only None (an angle
+            given for them is a configuration error, raised as ValueError).
     Returns:
         Non-negative kernels summing to 1, delta for theta = 0, differentiable in theta (theta > 0).
     """
     if family not in _BUILDERS:
         raise ValueError(f"unknown blur family {family!r}; choose one of {', '.join(FAMILIES)}")
-    unknown = set(options) - ({"angle"} if family == "motion" else set())
-    if unknown:
-        raise TypeError(f"kernel family {family!r} takes no option(s) {sorted(unknown)}")
+    if angle is not None and family != "motion":
+        raise ValueError(f"angle applies to the motion family only, not {family!r} (isotropic): got angle={angle}")
+    options = {} if angle is None else {"angle": angle}
     scalar = not isinstance(theta, Tensor) and not isinstance(theta, (list, tuple))
     t = torch.as_tensor(theta, dtype=dtype, device=device)
     scalar = scalar or t.ndim == 0

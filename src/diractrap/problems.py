@@ -35,7 +35,7 @@ def pair_kernel(family: str, theta, kernel_size: int, angle=None, *, dtype=torch
     ``family="levin"``: Levin et al.'s camera-shake kernel number theta (kernels.levin_kernel)."""
     if family == "levin":
         return levin_kernel(int(theta), kernel_size, dtype=dtype)
-    return kernel(family, theta, kernel_size, dtype=dtype, **({"angle": angle} if angle is not None else {}))
+    return kernel(family, theta, kernel_size, angle, dtype=dtype)
 
 
 def make_problem(
