@@ -34,7 +34,6 @@ error controlled on the state or on q); the public entry point; the Gaussian ora
 
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -44,6 +43,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .checks import check_count, check_images, check_model_input, check_nonnegative, check_positive
+from .numerics import no_tf32
 from .priors import check_denoiser, from_native, range_scale, to_native
 from .rng import ItemGenerators
 
@@ -461,17 +461,6 @@ def _end_point_nll(z_T: Tensor, sigma_max: float) -> Tensor:
     return 0.5 * z_T.double().flatten(1).pow(2).sum(1) / sigma_max**2 + 0.5 * N * math.log(2 * math.pi * sigma_max**2)
 
 
-@contextlib.contextmanager
-def _no_tf32():
-    """Switch TF32 off for CUDA matmuls and cuDNN for the duration of the block, then restore the caller's setting."""
-    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
-
-
 def potential(
     denoiser,
     x: Tensor,
@@ -556,7 +545,7 @@ def potential(
 
     drift = _Drift(denoiser, labels, eps)
     z0 = to_native(x.detach(), denoiser.data_range)
-    with _no_tf32(), torch.no_grad():
+    with no_tf32(), torch.no_grad():
         if solver == "heun":
             sigmas = rho_schedule(sigma_min, sigma_end, opt.steps, opt.rho)
             with tqdm(total=opt.steps, desc="potential (heun)", disable=not progress, leave=False) as pbar:

@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..numerics import no_tf32
+
 __all__ = [
     "NCSNppConfig",
     "NCSNpp",
@@ -671,11 +673,10 @@ class NCSNppDenoiser(nn.Module):
 
     def score(self, x: Tensor, sigma) -> Tensor:
         """The network's score of the sigma-marginal on [0, 1], in the network's dtype."""
-        torch.backends.cuda.matmul.allow_tf32 = False  # TF32 would cost ~1e-3 relative in every matmul/conv
-        torch.backends.cudnn.allow_tf32 = False
         dtype = next(self.net.parameters()).dtype
         sigma = torch.as_tensor(sigma, device=x.device).to(dtype).reshape(-1).expand(x.shape[0])
-        return self.net(x.to(dtype), self._time_cond(sigma))
+        with no_tf32():  # TF32 would cost ~1e-3 relative in every matmul/conv
+            return self.net(x.to(dtype), self._time_cond(sigma))
 
     def forward(self, x: Tensor, sigma, labels: Tensor | None = None) -> Tensor:
         s = torch.as_tensor(sigma, device=x.device).to(x.dtype).reshape(-1).expand(x.shape[0])
