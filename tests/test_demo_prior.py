@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from diractrap.data import demo_images
+from diractrap.models.download import ChecksumError
 from diractrap.models.registry import get_denoiser
 from diractrap.priors import GaussianPrior, denoise_unit
 from diractrap.train import (
@@ -76,7 +77,7 @@ def test_tampered_weights_refused(demo, tmp_path):
     w = bytearray(open(f"{src.rsplit('/', 1)[0]}/{record['weights']}", "rb").read())
     w[-1] ^= 1
     (tmp_path / record["weights"]).write_bytes(bytes(w))
-    with pytest.raises(RuntimeError, match="sha256"):
+    with pytest.raises(ChecksumError, match="sha256 .* instead of .*demo_prior.json records the expected hash"):
         load_demo_prior(tmp_path / "demo_prior.json")
 
 

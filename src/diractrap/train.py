@@ -28,7 +28,7 @@ from torch import Tensor
 
 from .data import atomic_path, demo_images
 from .metrics import psnr
-from .models.download import sha256sum
+from .models.download import sha256sum, verify_file
 from .potential import rho_schedule
 from .priors import denoise_unit, from_native, to_native
 from .rng import ItemGenerators, item_seed
@@ -363,12 +363,8 @@ def load_demo_prior(config=None, *, device="cpu"):
     weights = config.parent / record["weights"]
     if not weights.is_file():
         raise FileNotFoundError(f"{config} names weights {weights}, which do not exist")
-    sha = sha256sum(weights)
-    if sha != record["sha256"]:
-        raise RuntimeError(
-            f"{weights} has sha256 {sha}, but {config.name} records {record['sha256']}: the weights were changed or "
-            "corrupted; restore them (git checkout) or retrain"
-        )
+    sha = verify_file(weights, record["sha256"], hint=f"{config.name} records the expected hash: the weights were "
+                                                      "changed or corrupted; restore them (git checkout) or retrain")
     net = build_network(record["architecture"])
     net.load_state_dict({k: v.float() for k, v in torch.load(weights, map_location="cpu", weights_only=True).items()})
     info = dict(model="demo", sha256=sha, params=record["params"], architecture=record["architecture"], config=str(config))

@@ -121,7 +121,7 @@ def _fetch(name: str, *, root, download: bool, sha256: str | None, progress: boo
     """(path, sha256, the denoiser loaded to earn trust on first use, or None when the hash was already known)."""
     import pickle
 
-    from .download import ChecksumError, ChecksumLock, download as fetch, mirror_urls, sha256sum
+    from .download import ChecksumError, ChecksumLock, download as fetch, mirror_urls, verify_file
 
     spec = _downloadable(name)
     path = checkpoint_path(name, root)
@@ -143,11 +143,10 @@ def _fetch(name: str, *, root, download: bool, sha256: str | None, progress: boo
             raise ChecksumError(f"{err} (expected hash {where})") from None
         origin = "download"
     else:
-        digest = sha256sum(path)
-        if (expected and digest != expected) or (size and path.stat().st_size != size):
-            raise ChecksumError(f"{path.absolute()} has sha256 {digest}, not {expected} ({where}): the file is "
-                                "damaged or another checkpoint; delete it to download it again, or forget the record "
-                                f"with `diractrap models --forget {name}` if the source changed")
+        digest = verify_file(path, expected or None, size or None, what=str(path.absolute()),
+                             hint=f"expected hash {where}: the file is damaged or another checkpoint; delete it to "
+                                  "download it again, or forget the record with "
+                                  f"`diractrap models --forget {name}` if the source changed")
         origin = "placed by hand"
     if expected:  # verified against a pin or a record made when a file of this name last loaded
         return path, digest, None
