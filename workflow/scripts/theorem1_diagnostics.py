@@ -1,7 +1,6 @@
 """Job: the Theorem 1 diagnostics table (diractrap.theorem1.diagnose) on demo training and test crops, on the
 demo prior's points reached from them by descent on q, and on the exact mixture's modes -> a CSV."""
 import sys
-from pathlib import Path
 
 sys.stdout = sys.stderr = open(snakemake.log[0], "w", buffering=1)
 
@@ -11,15 +10,14 @@ import torch
 from diractrap.data import atomic_path, demo_images
 from diractrap.kernels import kernel
 from diractrap.mixture import demo_mixture
-from diractrap.models import get_denoiser
+from diractrap.models import job_denoiser
 from diractrap.numerics import no_tf32
 from diractrap.theorem1 import descend_to_critical, diagnose
 
 job, t1 = snakemake.params.job, snakemake.params.t1
 net = t1["network"]
 torch.set_num_threads(snakemake.threads)
-weights_dir = Path(snakemake.input.weights[0]).parent if snakemake.input.weights else None
-den = get_denoiser(job["prior"], device=job["device"], root=weights_dir, download=False, sha256=job["sha256"])
+den = job_denoiser(job, snakemake.input.weights)
 K, theta = t1["kernel_size"], t1["theta"]
 h = kernel("gaussian", theta, K)
 x = torch.cat([demo_images("train", 32)[net["train_crops"]], demo_images("test", 32)[net["test_crops"]]])
