@@ -5,8 +5,8 @@ to 1; ``theta = 0`` gives exactly the Dirac kernel delta (1 at the centre); the 
 Rows point down and columns right, as images are displayed; a motion angle is measured counter-clockwise from
 the horizontal, as seen on screen.
 
-The four families follow the authors' definitions (PAPER.md) with two documented changes that make every family
-start exactly at delta and grow continuously:
+The four families follow the authors' definitions (the paper, arXiv:2508.02923, and its code) with two documented
+changes that make every family start exactly at delta and grow continuously:
 
 - defocus and motion are smoothed by a 5x5 Gaussian of std ``0.5 * min(theta, 1)`` (the authors use 0.5 for
   every theta, which makes theta = 0 a small Gaussian instead of delta);
@@ -70,7 +70,7 @@ def _gaussian(std: Tensor, size: int) -> Tensor:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The four families (PAPER.md, "Blur families as the authors define them")
+# The four families as the authors define them (arXiv:2508.02923 and its code), with the changes listed above
 # ---------------------------------------------------------------------------------------------------------------
 
 

@@ -12,7 +12,7 @@ Conventions of the original network, kept here:
 - with ``scale_by_sigma`` the output is divided by sigma: it is the score of the sigma-marginal, not a denoised image.
 
 :class:`NCSNppDenoiser` turns it into a denoiser of the project protocol: D(x, sigma) = x + sigma^2 * score(x, sigma)
-on [0, 1] with sigma_min 0.01, sigma_max 348 (Tweedie; PAPER.md, Section 2).
+on [0, 1] with sigma_min 0.01, sigma_max 348 (Tweedie; arXiv:2508.02923, Section 2).
 
 Sections: the configuration; FIR up/down-sampling (StyleGAN2's upfirdn2d); layers; the U-Net; the denoiser wrapper.
 """

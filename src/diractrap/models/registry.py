@@ -278,7 +278,7 @@ register(
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The paper's pretrained priors (PAPER.md, "Pretrained models"): downloaded on first use, never redistributed.
+# The paper's pretrained priors (its experiments, arXiv:2508.02923): downloaded on first use, never redistributed.
 # Hashes: no public source we could reach gives them (the EDM and score_sde releases publish none, and these machines
 # have no network to hash the files), so none is pinned; the first file that loads records its hash in the lock
 # file, and config/paper.yaml (models.<m>.sha256) can pin one.
