@@ -90,7 +90,8 @@ def kernel_gallery(families: dict, kernel_size: int = 21) -> dict[str, np.ndarra
     for family, spec in families.items():
         thetas = np.asarray(spec["thetas"], dtype=np.float64)
         out[f"{family}_thetas"] = thetas
-        out[f"{family}_kernels"] = kernel(family, thetas.tolist(), kernel_size, spec.get("angle"), dtype=torch.float64).numpy()
+        h = kernel(family, thetas.tolist(), kernel_size, spec.get("angle"), dtype=torch.float64)
+        out[f"{family}_kernels"] = h.numpy()
     return out
 
 

@@ -11,8 +11,8 @@ and the instantaneous change of variables gives the log-density along the path:
                    - int_{sigma_min}^{sigma_max} (N - div D(z(sigma), sigma)) / sigma dsigma.          (Section 2)
 
 The end-point density p_{sigma_max} is replaced by N(0, sigma_max^2 I): this ignores the data's mean and covariance,
-an error of about |mean| / sigma_max nats per dimension (the paper, arXiv:2508.02923); :func:`gaussian_flow_potential` computes, for
-a Gaussian prior, the exact value the ODE converges to, which separates this error from the solver's. Optionally
+an error of about |mean| / sigma_max nats per dimension; :func:`gaussian_flow_potential` computes, for a Gaussian
+prior, the exact value the ODE converges to, which separates this error from the solver's. Optionally
 (``tail_sigma``) the path above a level sigma_c is replaced by the closed form of a Gaussian of the data, which
 removes that bias and the evaluations above sigma_c -- exact only where that Gaussian is the prior (BENCHMARKS.md).
 
