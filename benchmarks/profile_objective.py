@@ -54,8 +54,7 @@ def main():
           f"map_x steps {args.n_iter}, potential {pot}")
 
     def family(p, s):
-        extra = {"angle": p["angle"]} if "angle" in p else {}
-        return kernel(p["family"], p["theta"] * s, K, **extra)
+        return kernel(p["family"], p["theta"] * s, K, p.get("angle"))
 
     pairs = [p for p in pairs if p["family"] != "levin"]  # one-parameter families only (their blur is scaled)
     x_true = X[[p["image"] for p in pairs]]

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from diractrap.data import demo_images
+from diractrap.models.download import ChecksumError
 from diractrap.models.registry import get_denoiser
 from diractrap.priors import GaussianPrior, denoise_unit
 from diractrap.train import (
@@ -76,7 +77,7 @@ def test_tampered_weights_refused(demo, tmp_path):
     w = bytearray(open(f"{src.rsplit('/', 1)[0]}/{record['weights']}", "rb").read())
     w[-1] ^= 1
     (tmp_path / record["weights"]).write_bytes(bytes(w))
-    with pytest.raises(RuntimeError, match="sha256"):
+    with pytest.raises(ChecksumError, match="sha256 .* instead of .*demo_prior.json records the expected hash"):
         load_demo_prior(tmp_path / "demo_prior.json")
 
 
@@ -153,14 +154,14 @@ def test_sample_sigma_mixture_follows_its_cdf(p_uniform):
 
 
 def test_heun_sampler_matches_gaussian_flow():
-    from diractrap.train import _item_generator
+    from diractrap.rng import ItemGenerators
 
     prior = GaussianPrior.power_law((3, 8, 8), c=2e-4, mean=0.5, sigma_min=0.01, sigma_max=5.0)
     n, steps, seed = 4, 64, 3
     x = edm_sampler(prior, n, steps=steps, seed=seed, resolution=8, clip=False)
     # the same initial noise, mapped exactly
 
-    z = torch.stack([torch.randn(3, 8, 8, generator=_item_generator(seed, k), dtype=torch.float64) for k in range(n)])
+    z = ItemGenerators(seed, range(n), scheme="affine").randn((3, 8, 8), dtype=torch.float64)
     c = torch.fft.fft2(z * prior.sigma_max - prior.mean, norm="ortho")  # x(sigma_max) - m
     lam = prior.lam
     exact_min = torch.fft.ifft2(c * torch.sqrt((lam + prior.sigma_min**2) / (lam + prior.sigma_max**2)), norm="ortho").real
@@ -190,3 +191,13 @@ def test_denoising_table_identity_is_input_psnr():
     # identity denoiser: PSNR = -10 log10(sigma^2 mean n^2); mean n^2 over 3072 pixels is 1 +- 0.026 (chi^2 / N)
     assert table[0.1].shape == (16,)
     assert (table[0.1] - (-20 * math.log10(0.1))).abs().max() < 10 * math.log10(1 + 4 * 0.026)
+
+
+def test_the_table_psnr_is_metrics_psnr_and_keeps_its_old_arithmetic():
+    from diractrap.metrics import psnr
+
+    g = torch.Generator().manual_seed(2)
+    x, ref = torch.rand(16, 3, 8, 8, generator=g), torch.rand(16, 3, 8, 8, generator=g)
+    mse = ((x.double() - ref.double()) ** 2).flatten(1).mean(1)
+    assert torch.equal(psnr(x, ref), -10 * torch.log10(mse))  # the demo table's formula before metrics owned it
+    torch.testing.assert_close(psnr(2 * x, 2 * ref, data_range=2.0), psnr(x, ref), rtol=1e-14, atol=0)

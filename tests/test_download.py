@@ -8,7 +8,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from diractrap.models.download import ChecksumError, DownloadError, download, sha256sum
+from diractrap.models.download import ChecksumError, DownloadError, download, sha256sum, verify_file
 
 PAYLOAD = bytes(range(256)) * 4000  # 1 MB: several read chunks, so a cut lands mid-transfer
 DIGEST = hashlib.sha256(PAYLOAD).hexdigest()
@@ -195,6 +195,18 @@ def test_existing_file_is_verified_not_downloaded(server, tmp_path):
     dest.write_bytes(b"damaged")
     with pytest.raises(ChecksumError, match="delete it"):
         download(server.url + "/ckpt.bin", dest, sha256=DIGEST, progress=False)
+
+
+def test_verify_file_is_the_one_checksum_check(tmp_path):
+    path = tmp_path / "f.bin"
+    path.write_bytes(PAYLOAD)
+    assert verify_file(path) == verify_file(path, DIGEST.upper(), len(PAYLOAD)) == DIGEST
+    with pytest.raises(ChecksumError, match=f"the weights has sha256 {DIGEST} instead of {'ab' * 32}; restore them"):
+        verify_file(path, "AB" * 32, what="the weights", hint="restore them")
+    with pytest.raises(ChecksumError, match=f"{path} has {len(PAYLOAD)} bytes instead of 7$"):
+        verify_file(path, DIGEST, 7)
+    assert issubclass(ChecksumError, DownloadError) and issubclass(ChecksumError, RuntimeError)  # the CLI's one line
+    assert path.read_bytes() == PAYLOAD  # verifying never deletes: only a download's .part is removed
 
 
 def test_google_drive_goes_through_gdown(monkeypatch, tmp_path):

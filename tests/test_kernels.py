@@ -65,8 +65,13 @@ def test_initial_kernels_and_errors():
         kernel("box", 1.0)
     with pytest.raises(ValueError, match="theta must be >= 0"):
         kernel("gaussian", -1.0)
-    with pytest.raises(TypeError, match="no option"):
+    with pytest.raises(ValueError, match="motion family only"):
         kernel("gaussian", 1.0, angle=3)
+    with pytest.raises(TypeError):
+        kernel("gaussian", 1.0, width=3)  # no other option exists
+    for family in FAMILIES:  # every family takes angle=None, positionally or by name (as a ** dict)
+        torch.testing.assert_close(kernel(family, 2.0, 9, None), kernel(family, 2.0, 9, **{"angle": None}))
+    torch.testing.assert_close(kernel("motion", 2.0, 9, None), kernel("motion", 2.0, 9, angle=0))
     assert set(FAMILIES) == {"gaussian", "motion", "airy", "defocus"}
 
 

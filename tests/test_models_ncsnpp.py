@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import shared_file
+from diractrap.models.download import ChecksumError
 from diractrap.models.loading import load_denoiser
 from diractrap.models.ncsnpp import (
     NCSNppConfig,
@@ -195,7 +196,7 @@ def test_ema_errors(tmp_path):
 
 
 def test_sha256_pin_is_checked():
-    with pytest.raises(ValueError, match="not the expected 00"):
+    with pytest.raises(ChecksumError, match="instead of 00"):
         load_denoiser(shared_file("golden", CKPT), config=loader_config(), sha256="00" * 32)
 
 

@@ -18,7 +18,8 @@ from diractrap.blur import blur_same
 from diractrap.data import load_image, save_image
 from diractrap.kernels import kernel
 from diractrap.models.registry import REGISTRY, ModelSpec, register
-from diractrap.potential import TABLEAUS, PotentialOptions, gaussian_flow_potential, make_probes, potential
+from diractrap.potential import (TABLEAUS, PotentialOptions, gaussian_flow_potential, make_probes, potential,
+                                 rho_schedule)
 from diractrap.priors import DenseGaussianPrior, GaussianPrior
 from test_priors import OnMinusOneOne  # the same Gaussian re-expressed on [-1, 1]
 
@@ -339,6 +340,23 @@ def test_tableaus_satisfy_their_order_conditions(name):
     assert np.abs(_order_conditions(b, A, tab.c, 5)[0]).max() < 1e-12
     ok, beyond = _order_conditions(b_low, A, tab.c, 4)
     assert np.abs(ok).max() < 1e-12 and np.abs(beyond).max() > 1e-4  # the embedded pair is of order 4 exactly
+
+
+@pytest.mark.parametrize("lo, hi, rho", [(0.002, 80.0, 7.0), (0.01, 50.0, 3.0)])
+def test_rho_schedule_is_edms_formula_in_both_directions(lo, hi, rho):
+    for n in (1, 2, 17, 127):
+        i = torch.arange(n + 1, dtype=torch.float64)
+        up = (lo ** (1 / rho) + i / n * (hi ** (1 / rho) - lo ** (1 / rho))) ** rho  # written out independently
+        down = (hi ** (1 / rho) + i / n * (lo ** (1 / rho) - hi ** (1 / rho))) ** rho  # EDM's sampler, as written
+        got_up, got_down = rho_schedule(lo, hi, n, rho), rho_schedule(lo, hi, n, rho, descending=True)
+        torch.testing.assert_close(got_up, up, rtol=1e-14, atol=0)
+        assert (got_up[0], got_up[-1]) == (lo, hi)
+        assert torch.equal(got_down, down)  # the sampler's arithmetic, bit for bit
+        torch.testing.assert_close(got_down.flip(0), got_up, rtol=1e-14, atol=0)
+    one = rho_schedule(lo, hi, 0, rho, descending=True)  # the sampler with a single (Euler) step
+    torch.testing.assert_close(one, torch.tensor([hi], dtype=torch.float64), rtol=1e-14, atol=0)
+    geometric = rho_schedule(lo, hi, 4, math.inf, descending=True)
+    torch.testing.assert_close(geometric, torch.logspace(math.log10(hi), math.log10(lo), 5, dtype=torch.float64))
 
 
 def test_options_are_one_object_with_overrides_and_clear_errors():

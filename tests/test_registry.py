@@ -10,7 +10,8 @@ import torch
 
 from conftest import shared_file
 from diractrap import cli
-from diractrap.models import REGISTRY, ModelSpec, checkpoint_path, checkpoint_status, fetch_checkpoint, get_denoiser
+from diractrap.models import (REGISTRY, ModelSpec, checkpoint_path, checkpoint_status, fetch_checkpoint, get_denoiser,
+                              job_denoiser)
 from diractrap.models.download import LOCK_NAME, ChecksumError
 from test_download import DIGEST, PAYLOAD, LocalServer
 
@@ -125,6 +126,28 @@ def test_pinned_hash_wins_and_a_wrong_download_is_removed(served, tmp_path):
     assert checkpoint_status("test-blob", root=tmp_path)["state"] == "missing"
     assert fetch_checkpoint("test-blob", root=tmp_path, sha256=DIGEST.upper(), progress=False)[1] == DIGEST
     assert not (tmp_path / LOCK_NAME).exists()  # a pinned hash needs no record
+
+
+def test_job_denoiser_always_applies_the_jobs_pin(served_net, tmp_path):
+    srv, spec, data = served_net
+    fetch_checkpoint("test-net", root=tmp_path, sha256=hashlib.sha256(data).hexdigest(), progress=False)
+    weights = [str(tmp_path / "tiny.pth")]  # the job's snakemake.input.weights
+    job = dict(prior="test-net", device="cpu", sha256="ef" * 32)
+    with pytest.raises(ChecksumError, match="pinned"):
+        job_denoiser(job, weights)
+    job["sha256"] = hashlib.sha256(data).hexdigest()
+    assert job_denoiser(job, weights).info["sha256"] == job["sha256"]
+    with pytest.raises(KeyError):  # a job builder that forgot the pin is an error, not an unchecked load
+        job_denoiser(dict(prior="test-net", device="cpu"), weights)
+
+
+def test_a_pin_applies_to_the_weights_of_an_embedded_prior():
+    demo = job_denoiser(dict(prior="demo", device="cpu", sha256=None))  # embedded: no weights input
+    assert get_denoiser("demo", sha256=demo.info["sha256"].upper()).info["sha256"] == demo.info["sha256"]
+    with pytest.raises(ChecksumError, match="instead of the pinned"):
+        get_denoiser("demo", sha256="0" * 64)
+    with pytest.raises(ChecksumError, match="no weights file"):
+        get_denoiser("gaussian-demo", sha256="0" * 64)
 
 
 def test_file_placed_by_hand_is_recorded_as_such_once_it_loads(served_net, tmp_path):

@@ -661,7 +661,7 @@ def algorithm1(
 # resolved on first use (PEP 562) so that importing either module first works.
 _ELSEWHERE = {
     **dict.fromkeys(("metrics", "psnr", "ssim"), "metrics"),
-    **dict.fromkeys(("PairsRun", "item_generator", "make_problem", "run_pairs", "save_result", "load_result",
+    **dict.fromkeys(("PairsRun", "make_problem", "run_pairs", "save_result", "load_result",
                      "summary", "table_rows"), "problems"),
     **dict.fromkeys(("Statement1Result", "semigroup_path", "statement1"), "statement1"),
 }

@@ -88,10 +88,10 @@ def kernel_gallery(families: dict, kernel_size: int = 21) -> dict[str, np.ndarra
 
     out = {}
     for family, spec in families.items():
-        opts = {"angle": spec["angle"]} if family == "motion" and spec.get("angle") is not None else {}
         thetas = np.asarray(spec["thetas"], dtype=np.float64)
         out[f"{family}_thetas"] = thetas
-        out[f"{family}_kernels"] = kernel(family, thetas.tolist(), kernel_size, dtype=torch.float64, **opts).numpy()
+        h = kernel(family, thetas.tolist(), kernel_size, spec.get("angle"), dtype=torch.float64)
+        out[f"{family}_kernels"] = h.numpy()
     return out
 
 
@@ -116,14 +116,13 @@ def fig1(table: pd.DataFrame, images, *, item: int, thetas, family: str = "gauss
     if missing or 0.0 not in set(rows["theta"]):
         raise ValueError(f"Figure 1 shows thetas {missing or [0.0]} that the sweep table lacks: add them to its grid")
     q0 = rows.loc[rows["theta"] == 0, "q"].item()
-    opts = {"angle": angle} if family == "motion" and angle is not None else {}
     x = images.tensor([item]).double()
     n = len(thetas)
     fig = plt.figure(figsize=(WIDTH, 0.95 * WIDTH / n + 1.9))
     grid = fig.add_gridspec(2, n, height_ratios=[WIDTH / n, 1.9], hspace=0.45)
     for j, t in enumerate(thetas):
         ax = fig.add_subplot(grid[0, j])
-        h = kernel(family, float(t), kernel_size, dtype=torch.float64, **opts)
+        h = kernel(family, float(t), kernel_size, angle, dtype=torch.float64)
         _image(ax, blur_same(x, h, boundary)[0].numpy())
         q = rows.loc[rows["theta"] == float(t), "q"].item()
         ax.set_title(f"θ = {t:g}\nq − q(x) = {q - q0:+.1f}", fontsize=7)

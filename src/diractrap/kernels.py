@@ -5,8 +5,8 @@ to 1; ``theta = 0`` gives exactly the Dirac kernel delta (1 at the centre); the 
 Rows point down and columns right, as images are displayed; a motion angle is measured counter-clockwise from
 the horizontal, as seen on screen.
 
-The four families follow the authors' definitions (PAPER.md) with two documented changes that make every family
-start exactly at delta and grow continuously:
+The four families follow the authors' definitions (the paper, arXiv:2508.02923, and its code) with two documented
+changes that make every family start exactly at delta and grow continuously:
 
 - defocus and motion are smoothed by a 5x5 Gaussian of std ``0.5 * min(theta, 1)`` (the authors use 0.5 for
   every theta, which makes theta = 0 a small Gaussian instead of delta);
@@ -70,7 +70,7 @@ def _gaussian(std: Tensor, size: int) -> Tensor:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The four families (PAPER.md, "Blur families as the authors define them")
+# The four families as the authors define them (arXiv:2508.02923 and its code), with the changes listed above
 # ---------------------------------------------------------------------------------------------------------------
 
 
@@ -123,23 +123,26 @@ def _gaussian_family(theta: Tensor, size: int) -> Tensor:
 _BUILDERS = {"gaussian": _gaussian_family, "motion": _motion, "airy": _airy, "defocus": _defocus}
 
 
-def kernel(family: str, theta, size: int = 21, *, dtype=torch.float32, device=None, **options) -> Tensor:
+def kernel(family: str, theta, size: int = 21, angle: float | None = None, *, dtype=torch.float32,
+           device=None) -> Tensor:
     """The kernel h_theta of a family on a size x size grid.
 
     Args:
-        family: "gaussian" (theta = std in pixels), "motion" (theta = half-length in pixels; option
-            ``angle`` in degrees, default 0 = horizontal), "airy" (theta = radius of the first dark ring in pixels)
-            or "defocus" (theta = disc radius in pixels).
+        family: "gaussian" (theta = std in pixels), "motion" (theta = half-length in pixels), "airy" (theta =
+            radius of the first dark ring in pixels) or "defocus" (theta = disc radius in pixels).
         theta: a number (returns (K, K)) or a 1-D tensor / sequence of T values (returns (T, K, K)). theta >= 0.
         size: K, odd or even; the centre is K // 2.
+        angle: the motion blur's direction in degrees (None: 0 = horizontal). Every family takes the argument, so
+            callers pass a pair's angle as it is; the other families are isotropic and accept only None (an angle
+            given for them is a configuration error, raised as ValueError).
     Returns:
         Non-negative kernels summing to 1, delta for theta = 0, differentiable in theta (theta > 0).
     """
     if family not in _BUILDERS:
         raise ValueError(f"unknown blur family {family!r}; choose one of {', '.join(FAMILIES)}")
-    unknown = set(options) - ({"angle"} if family == "motion" else set())
-    if unknown:
-        raise TypeError(f"kernel family {family!r} takes no option(s) {sorted(unknown)}")
+    if angle is not None and family != "motion":
+        raise ValueError(f"angle applies to the motion family only, not {family!r} (isotropic): got angle={angle}")
+    options = {} if angle is None else {"angle": angle}
     scalar = not isinstance(theta, Tensor) and not isinstance(theta, (list, tuple))
     t = torch.as_tensor(theta, dtype=dtype, device=device)
     scalar = scalar or t.ndim == 0

@@ -21,9 +21,12 @@ __all__ = ["psnr", "ssim", "metrics"]
 
 
 def psnr(a: Tensor, b: Tensor, data_range: float = 1.0) -> Tensor:
-    """10 log10(R^2 / MSE) per item (B,)."""
+    """10 log10(R^2 / MSE) per item (B,), in float64.
+
+    Computed as -10 log10(MSE / R^2): for R = 1 this is bit for bit the demo prior's denoising table as it was
+    first computed (its numbers are compared across versions)."""
     mse = (a.double() - b.double()).pow(2).flatten(1).mean(1)
-    return 10 * torch.log10(data_range**2 / mse)
+    return -10 * torch.log10(mse / data_range**2)
 
 
 def _gauss_window(sigma: float, truncate: float, dtype, device) -> Tensor:

@@ -11,8 +11,8 @@ and the instantaneous change of variables gives the log-density along the path:
                    - int_{sigma_min}^{sigma_max} (N - div D(z(sigma), sigma)) / sigma dsigma.          (Section 2)
 
 The end-point density p_{sigma_max} is replaced by N(0, sigma_max^2 I): this ignores the data's mean and covariance,
-an error of about |mean| / sigma_max nats per dimension (PAPER.md); :func:`gaussian_flow_potential` computes, for
-a Gaussian prior, the exact value the ODE converges to, which separates this error from the solver's. Optionally
+an error of about |mean| / sigma_max nats per dimension; :func:`gaussian_flow_potential` computes, for a Gaussian
+prior, the exact value the ODE converges to, which separates this error from the solver's. Optionally
 (``tail_sigma``) the path above a level sigma_c is replaced by the closed form of a Gaussian of the data, which
 removes that bias and the evaluations above sigma_c -- exact only where that Gaussian is the prior (BENCHMARKS.md).
 
@@ -34,25 +34,24 @@ error controlled on the state or on q); the public entry point; the Gaussian ora
 
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import dataclass, field
 from fractions import Fraction
 
-import numpy as np
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from .checks import check_count, check_images, check_model_input, check_nonnegative, check_positive
+from .numerics import no_tf32
 from .priors import check_denoiser, from_native, range_scale, to_native
+from .rng import ItemGenerators
 
 __all__ = [
     "PotentialOptions",
     "PotentialResult",
     "potential",
     "make_probes",
-    "item_generator",
     "rho_schedule",
     "gaussian_flow_potential",
     "SOLVERS",
@@ -168,21 +167,14 @@ class PotentialResult:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def item_generator(seed: int, item_id: int) -> torch.Generator:
-    """A CPU generator seeded from (seed, item_id) through numpy's SeedSequence (well mixed, stable across runs)."""
-    if seed < 0 or item_id < 0:
-        raise ValueError(f"seed and item ids must be >= 0, got seed={seed}, item_id={item_id}")
-    state = np.random.SeedSequence([int(seed), int(item_id)]).generate_state(1, dtype=np.uint64)[0]
-    return torch.Generator().manual_seed(int(state))
-
-
 def make_probes(shape, n_probes: int, *, seed: int = 0, item_ids=None, kind: str = "rademacher",
                 dtype=torch.float32, device=None) -> Tensor:
     """Hutchinson probes for a batch of images of shape (B, C, H, W): a tensor (B, M, C, H, W).
 
-    Item i's M probes come from ``item_generator(seed, item_ids[i])`` (drawn on the CPU, then moved), so they do
-    not depend on the batch an item is in nor on the device. ``item_ids`` defaults to arange(B); pass the image's
-    index to reuse the same probes for every blurred version of that image (common random numbers).
+    Item i's M probes come from its own generator (:class:`diractrap.rng.ItemGenerators`, scheme "seedsequence",
+    drawn on the CPU, then moved), so they do not depend on the batch an item is in nor on the device.
+    ``item_ids`` defaults to arange(B); pass the image's index to reuse the same probes for every blurred version
+    of that image (common random numbers).
     ``kind``: "rademacher" (+-1, so |eps|^2 = N exactly) or "gaussian" (N(0, 1) entries).
     """
     if kind not in PROBES:
@@ -193,15 +185,10 @@ def make_probes(shape, n_probes: int, *, seed: int = 0, item_ids=None, kind: str
     ids = range(B) if item_ids is None else [int(i) for i in item_ids]
     if len(ids) != B:
         raise ValueError(f"item_ids has {len(ids)} entries for a batch of {B}")
-    out = []
-    for i in ids:
-        g = item_generator(seed, i)
-        if kind == "rademacher":
-            eps = torch.randint(0, 2, (n_probes, *item_shape), generator=g, dtype=torch.int8).to(dtype) * 2 - 1
-        else:
-            eps = torch.randn((n_probes, *item_shape), generator=g, dtype=torch.float64).to(dtype)
-        out.append(eps)
-    return torch.stack(out).to(device)
+    gens = ItemGenerators(seed, ids, scheme="seedsequence")
+    if kind == "rademacher":
+        return gens.rademacher((n_probes, *item_shape), dtype=dtype).to(device)
+    return gens.randn((n_probes, *item_shape), dtype=torch.float64).to(dtype).to(device)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -263,14 +250,27 @@ class _Drift:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def rho_schedule(sigma_min: float, sigma_max: float, steps: int, rho: float = 7.0) -> Tensor:  # EDM: rho = 7
+def rho_schedule(sigma_min: float, sigma_max: float, steps: int, rho: float = 7.0, *,  # EDM: rho = 7
+                 descending: bool = False) -> Tensor:
     """EDM's noise levels sigma_i = (sigma_min^(1/rho) + i/n (sigma_max^(1/rho) - sigma_min^(1/rho)))^rho, i = 0..n,
-    increasing from sigma_min to sigma_max (float64, (steps + 1,)). ``rho = inf`` is the limit: evenly spaced in
-    ln sigma (a geometric sequence)."""
-    if steps < 1:
+    increasing from sigma_min to sigma_max (float64, (steps + 1,)), end points exactly sigma_min and sigma_max.
+    ``rho = inf`` is the limit: evenly spaced in ln sigma (a geometric sequence).
+
+    ``descending``: the same levels from sigma_max down to sigma_min, in the arithmetic of EDM's sampler
+    (Karras et al. 2022, Eq. 5): (sigma_max^(1/rho) + i/n (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho with the
+    end points not pinned. It differs from the reversed ascending schedule by rounding only, and is kept so that
+    :func:`diractrap.train.edm_sampler` draws the same samples as before; ``steps = 0`` gives [sigma_max].
+    """
+    if steps < (0 if descending else 1):
         raise ValueError(f"steps must be >= 1, got {steps}")
     if not rho > 0:
         raise ValueError(f"rho must be > 0 (or inf), got {rho}")
+    if descending and not math.isinf(rho):
+        i = torch.arange(steps + 1, dtype=torch.float64)
+        lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
+        return (hi + i / max(steps, 1) * (lo - hi)) ** rho
+    if descending:
+        return rho_schedule(sigma_min, sigma_max, max(steps, 1), rho)[-steps - 1 :].flip(0)
     t = torch.linspace(0, 1, steps + 1, dtype=torch.float64)
     if math.isinf(rho):
         s = torch.exp(math.log(sigma_min) + t * math.log(sigma_max / sigma_min))
@@ -461,17 +461,6 @@ def _end_point_nll(z_T: Tensor, sigma_max: float) -> Tensor:
     return 0.5 * z_T.double().flatten(1).pow(2).sum(1) / sigma_max**2 + 0.5 * N * math.log(2 * math.pi * sigma_max**2)
 
 
-@contextlib.contextmanager
-def _no_tf32():
-    """Switch TF32 off for CUDA matmuls and cuDNN for the duration of the block, then restore the caller's setting."""
-    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
-
-
 def potential(
     denoiser,
     x: Tensor,
@@ -556,7 +545,7 @@ def potential(
 
     drift = _Drift(denoiser, labels, eps)
     z0 = to_native(x.detach(), denoiser.data_range)
-    with _no_tf32(), torch.no_grad():
+    with no_tf32(), torch.no_grad():
         if solver == "heun":
             sigmas = rho_schedule(sigma_min, sigma_end, opt.steps, opt.rho)
             with tqdm(total=opt.steps, desc="potential (heun)", disable=not progress, leave=False) as pbar:

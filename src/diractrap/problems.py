@@ -20,9 +20,10 @@ from .data import atomic_path
 from .deconv import Algorithm1Params, Algorithm1Result, algorithm1, initial_kernels
 from .kernels import kernel, levin_kernel
 from .metrics import metrics
+from .rng import ItemGenerators
 
-__all__ = ["item_generator", "pair_kernel", "make_problem", "save_problem", "load_problem", "PairsRun", "run_pairs",
-           "save_result", "load_result", "provenance_key", "table_rows", "summary", "run_job"]
+__all__ = ["pair_kernel", "make_problem", "save_problem", "load_problem", "PairsRun", "run_pairs", "save_result",
+           "load_result", "provenance_key", "table_rows", "summary", "run_job"]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -30,17 +31,12 @@ __all__ = ["item_generator", "pair_kernel", "make_problem", "save_problem", "loa
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def item_generator(seed: int, item_id: int) -> torch.Generator:
-    """A CPU generator for one item, seeded from (seed, item id), so results do not depend on batching."""
-    return torch.Generator(device="cpu").manual_seed((int(seed) * 1_000_003 + int(item_id)) % (2**63 - 1))
-
-
 def pair_kernel(family: str, theta, kernel_size: int, angle=None, *, dtype=torch.float64) -> Tensor:
     """A deconvolution pair's true kernel (K, K): a family of diractrap.kernels at theta (motion: ``angle``), or
     ``family="levin"``: Levin et al.'s camera-shake kernel number theta (kernels.levin_kernel)."""
     if family == "levin":
         return levin_kernel(int(theta), kernel_size, dtype=dtype)
-    return kernel(family, theta, kernel_size, dtype=dtype, **({"angle": angle} if angle is not None else {}))
+    return kernel(family, theta, kernel_size, angle, dtype=dtype)
 
 
 def make_problem(
@@ -62,14 +58,14 @@ def make_problem(
     """
     clean = conv(x, h, "valid")
     ids = list(range(x.shape[0]) if item_ids is None else item_ids)
-    gens = [item_generator(seed, i) for i in ids]
-    noise = torch.stack([torch.randn(clean.shape[1:], generator=g, dtype=torch.float64) for g in gens])
+    gens = ItemGenerators(seed, ids, scheme="affine")  # the problem files' historical noise stream
+    noise = gens.randn(clean.shape[1:], dtype=torch.float64)
     y = clean + sigma * noise.to(clean)
     if not full:
         return y
     K = h.shape[-1]
     top, left = K - 1 - K // 2, K - 1 - K // 2
-    border = torch.stack([torch.randn(x.shape[1:], generator=g, dtype=torch.float64) for g in gens])
+    border = gens.randn(x.shape[1:], dtype=torch.float64)
     y_full = blur_same(x, h, boundary) + sigma * border.to(x)
     y_full[..., top : top + y.shape[-2], left : left + y.shape[-1]] = y
     return y, y_full

@@ -91,10 +91,7 @@ def sweep(
         raise ValueError(f"item_ids, names and labels must have one entry per image ({B})")
     opt = PotentialOptions.make(options, **overrides)
     thetas = [float(t) for t in thetas]
-    options = {"angle": float(angle)} if family == "motion" and angle is not None else {}
-    if family != "motion" and angle is not None:
-        raise ValueError(f"angle applies to the motion family only, not {family!r}")
-    h = kernel(family, thetas, kernel_size, dtype=images.dtype, **options).to(images.device)  # (T, K, K)
+    h = kernel(family, thetas, kernel_size, angle, dtype=images.dtype).to(images.device)  # (T, K, K)
 
     info = getattr(denoiser, "info", None) or {}
     param = next(iter(denoiser.parameters()), None) if hasattr(denoiser, "parameters") else None
@@ -112,7 +109,7 @@ def sweep(
                 model=model or info.get("name", type(denoiser).__name__), prior="diffusion",
                 checkpoint_sha256=checkpoint_sha256 or info.get("sha256", ""),
                 image=names[b], item=ids[b], label=-1 if labels is None else int(labels[b]),
-                family=family, angle=float(angle) if options else math.nan, theta=thetas[t],
+                family=family, angle=math.nan if angle is None else float(angle), theta=thetas[t],
                 kernel_size=kernel_size, boundary=boundary,
                 q=float(res.q[k]), stderr=float(res.stderr[k]), bits_per_dim=float(res.bits_per_dim[k]),
                 nfe=res.nfe, solver=opt.solver, steps=s.get("steps", -1), rho=s.get("rho", math.nan),
@@ -153,8 +150,7 @@ def baseline_sweep(
     if len(ids) != B or len(names) != B or (labels is not None and len(labels) != B):
         raise ValueError(f"item_ids, names and labels must have one entry per image ({B})")
     thetas = [float(t) for t in thetas]
-    options = {"angle": float(angle)} if family == "motion" and angle is not None else {}
-    h = kernel(family, thetas, kernel_size, dtype=torch.float64, **options).to(images.device)
+    h = kernel(family, thetas, kernel_size, angle, dtype=torch.float64).to(images.device)
     rows = []
     for t, theta in enumerate(thetas):
         x = blur_same(images.double(), h[t].expand(B, -1, -1), boundary)
@@ -165,7 +161,7 @@ def baseline_sweep(
                 rows.append(dict(
                     model=model, prior=prior, checkpoint_sha256="", image=names[b], item=ids[b],
                     label=-1 if labels is None else int(labels[b]), family=family,
-                    angle=float(angle) if options else math.nan, theta=theta, kernel_size=kernel_size,
+                    angle=math.nan if angle is None else float(angle), theta=theta, kernel_size=kernel_size,
                     boundary=boundary, q=float(q[b]), stderr=0.0, bits_per_dim=float(q[b]) / (N * math.log(2)) + 8,
                     nfe=0, solver="closed form", steps=-1, rho=math.nan, rtol=math.nan, atol=math.nan, control="",
                     divergence="", probe="none", n_probes=0, seed=-1, sigma_min=math.nan, sigma_max=math.nan,

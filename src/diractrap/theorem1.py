@@ -42,7 +42,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .blur import conv, conv_adjoint
+from .numerics import no_tf32
 from .priors import _EigenGaussian, check_denoiser, score_unit
+from .rng import item_seed
 
 __all__ = [
     "grad_q_fn",
@@ -222,6 +224,7 @@ def condition_angles(V: Tensor, x: Tensor, h: Tensor) -> dict[str, float]:
 
 
 @torch.no_grad()
+@no_tf32()  # second derivatives through the network: TF32 would swamp them on a GPU
 def descend_to_critical(
     prior,
     x0: Tensor,
@@ -276,6 +279,7 @@ def laplacian(x: Tensor) -> Tensor:
     return p[..., :-2, 1:-1] + p[..., 2:, 1:-1] + p[..., 1:-1, :-2] + p[..., 1:-1, 2:] - 4 * x
 
 
+@no_tf32()  # second derivatives through the network: TF32 would swamp them on a GPU
 def diagnose(
     prior,
     x: Tensor,
@@ -313,7 +317,7 @@ def diagnose(
         def mv(v, xd=xd):
             return hvp(gfn, xd, v.view(xd.shape)).double().flatten()
 
-        gen = torch.Generator().manual_seed(seed * 1_000_003 + b)
+        gen = torch.Generator().manual_seed(item_seed(seed, b, "affine"))  # one Lanczos start per item
         v0 = torch.randn(xb.numel(), generator=gen, dtype=torch.float64)
         vals, vecs, res = lanczos(mv, v0, n_lanczos)
         curv = float((u.flatten() @ mv(u.flatten())) / u.flatten().pow(2).sum())
@@ -379,6 +383,7 @@ def converged_params(prior, x_true: Tensor, K: int, *, sigma: float = 0.01, n_ex
                   kernel_step="projected", kernel_schedule="constant", gamma_h=1.0 / L_h)
 
 
+@no_tf32()  # second derivatives through the network: TF32 would swamp them on a GPU
 def mechanism(
     prior,
     x_true: Tensor,

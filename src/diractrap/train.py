@@ -27,8 +27,11 @@ import torch
 from torch import Tensor
 
 from .data import atomic_path, demo_images
-from .models.download import sha256sum
+from .metrics import psnr
+from .models.download import sha256sum, verify_file
+from .potential import rho_schedule
 from .priors import denoise_unit, from_native, to_native
+from .rng import ItemGenerators, item_seed
 
 __all__ = [
     "DEMO_ARCH",
@@ -37,9 +40,7 @@ __all__ = [
     "train_demo_prior",
     "load_demo_prior",
     "edm_sampler",
-    "sample_grid",
     "denoising_table",
-    "psnr",
 ]
 
 
@@ -144,7 +145,7 @@ def edm_loss(
 
 def _step_seed(seed: int, step: int) -> int:
     """One seed per (run seed, step): the randomness of a step does not depend on when the run was resumed."""
-    return (seed * 1_000_003 + step) % (2**63)
+    return item_seed(seed, step, "affine")
 
 
 def _lr(step: int, lr: float, rampup: int, steps: int, decay: bool) -> float:
@@ -362,12 +363,8 @@ def load_demo_prior(config=None, *, device="cpu"):
     weights = config.parent / record["weights"]
     if not weights.is_file():
         raise FileNotFoundError(f"{config} names weights {weights}, which do not exist")
-    sha = sha256sum(weights)
-    if sha != record["sha256"]:
-        raise RuntimeError(
-            f"{weights} has sha256 {sha}, but {config.name} records {record['sha256']}: the weights were changed or "
-            "corrupted; restore them (git checkout) or retrain"
-        )
+    sha = verify_file(weights, record["sha256"], hint=f"{config.name} records the expected hash: the weights were "
+                                                      "changed or corrupted; restore them (git checkout) or retrain")
     net = build_network(record["architecture"])
     net.load_state_dict({k: v.float() for k, v in torch.load(weights, map_location="cpu", weights_only=True).items()})
     info = dict(model="demo", sha256=sha, params=record["params"], architecture=record["architecture"], config=str(config))
@@ -377,10 +374,6 @@ def load_demo_prior(config=None, *, device="cpu"):
 # ---------------------------------------------------------------------------------------------------------------
 # EDM's deterministic sampler: Heun's 2nd-order method on the probability-flow ODE, sigma(t) = t (Karras Alg. 1)
 # ---------------------------------------------------------------------------------------------------------------
-
-
-def _item_generator(seed: int, item: int) -> torch.Generator:
-    return torch.Generator().manual_seed((seed * 1_000_003 + item) % (2**63))
 
 
 @torch.no_grad()
@@ -401,7 +394,8 @@ def edm_sampler(
 ) -> Tensor:
     """n samples of the prior by EDM's deterministic Heun sampler; (n, C, R, R) in [0, 1] (clipped if ``clip``).
 
-    Time steps t_i = (s_max^(1/rho) + i/(steps-1) (s_min^(1/rho) - s_max^(1/rho)))^rho, then t_steps = 0; the ODE
+    Time steps t_i = (s_max^(1/rho) + i/(steps-1) (s_min^(1/rho) - s_max^(1/rho)))^rho (EDM's schedule,
+    :func:`diractrap.potential.rho_schedule` with ``descending=True``), then t_steps = 0; the ODE
     dx/dt = (x - D(x, t)) / t is integrated by Heun's method (Euler on the last step). The initial noise of
     sample i comes from a generator seeded by (seed, i): samples do not depend on ``batch_size``.
     """
@@ -410,13 +404,12 @@ def edm_sampler(
     s_min = float(denoiser.sigma_min if sigma_min is None else sigma_min)
     s_max = float(denoiser.sigma_max if sigma_max is None else sigma_max)
     R = int(resolution or getattr(denoiser, "img_resolution", 32))
-    i = torch.arange(steps, dtype=torch.float64)
-    t = (s_max ** (1 / rho) + i / max(steps - 1, 1) * (s_min ** (1 / rho) - s_max ** (1 / rho))) ** rho
+    t = rho_schedule(s_min, s_max, steps - 1, rho, descending=True)
     t = torch.cat([t, torch.zeros(1, dtype=torch.float64)])
     out = []
     for start in tqdm(range(0, n, batch_size), desc="EDM sampler", disable=not progress):
         ids = range(start, min(n, start + batch_size))
-        x = torch.stack([torch.randn(channels, R, R, generator=_item_generator(seed, k), dtype=torch.float64) for k in ids])
+        x = ItemGenerators(seed, ids, scheme="affine").randn((channels, R, R), dtype=torch.float64)
         x = x * t[0]
         for k in range(steps):
             t_cur, t_next = t[k], t[k + 1]
@@ -431,29 +424,9 @@ def edm_sampler(
     return torch.cat(out)
 
 
-def sample_grid(x: Tensor, path, *, nrow: int = 8, pad: int = 1, upscale: int = 4) -> Path:
-    """Write images (N, C, R, R) in [0, 1] as one PNG grid (white padding, nearest-neighbour upscaled for display)."""
-    from .data import save_image
-
-    N, C, H, W = x.shape
-    rows = math.ceil(N / nrow)
-    grid = torch.ones(C, rows * (H + pad) + pad, nrow * (W + pad) + pad)
-    for k in range(N):
-        r, c = divmod(k, nrow)
-        grid[:, pad + r * (H + pad) : pad + r * (H + pad) + H, pad + c * (W + pad) : pad + c * (W + pad) + W] = x[k]
-    grid = grid.repeat_interleave(upscale, -2).repeat_interleave(upscale, -1)
-    return save_image(grid, path)
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Denoising table: PSNR of D(x + sigma n, sigma) on test crops, sigma in [0, 1] units
 # ---------------------------------------------------------------------------------------------------------------
-
-
-def psnr(x: Tensor, ref: Tensor) -> Tensor:
-    """PSNR in dB per image for images in [0, 1] (peak 1): -10 log10 mean |x - ref|^2, shape (B,)."""
-    mse = ((x.double() - ref.double()) ** 2).flatten(1).mean(1)
-    return -10 * torch.log10(mse)
 
 
 @torch.no_grad()
@@ -465,7 +438,7 @@ def denoising_table(denoiser, images: Tensor, sigmas=(0.05, 0.1, 0.2), seed: int
     noise of a generator seeded by (seed, i) scaled by sigma (the same noise for every sigma and every denoiser);
     the estimate D(x + sigma n, sigma) is not clipped. With ``per_image`` the values are (N,) tensors.
     """
-    noise = torch.stack([torch.randn(images.shape[1:], generator=_item_generator(seed, i)) for i in range(len(images))])
+    noise = ItemGenerators(seed, range(len(images)), scheme="affine").randn(images.shape[1:])
     table = {}
     for sigma in sigmas:
         values = []
@@ -489,7 +462,7 @@ def compare_with_wiener(denoiser, sigmas=(0.05, 0.1, 0.2), seed: int = 0, resolu
     gauss = GaussianPrior.fit(demo_images("train", resolution))
     demo = denoising_table(denoiser, test, sigmas, seed)
     wiener = denoising_table(gauss, test, sigmas, seed)
-    noise = torch.stack([torch.randn(test.shape[1:], generator=_item_generator(seed, i)) for i in range(len(test))])
+    noise = ItemGenerators(seed, range(len(test)), scheme="affine").randn(test.shape[1:])
     noisy = [float(psnr(test + s * noise, test).mean()) for s in sigmas]
     return dict(sigma=list(map(float, sigmas)), demo=[round(demo[s], 3) for s in map(float, sigmas)],
                 wiener=[round(wiener[s], 3) for s in map(float, sigmas)], noisy=[round(v, 3) for v in noisy],

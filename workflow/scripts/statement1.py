@@ -1,7 +1,6 @@
 """Job: the Statement 1 table: Ly at (x_bar, h_bar), at (x_delta, delta) and at Algorithm 1's output, for every
 pair, with q from the ODE potential (diractrap.deconv.statement1)."""
 import sys
-from pathlib import Path
 
 sys.stdout = sys.stderr = open(snakemake.log[0], "w", buffering=1)
 
@@ -12,10 +11,9 @@ from diractrap.data import atomic_path
 from diractrap.datasets import class_labels
 from diractrap.problems import load_problem, load_result
 from diractrap.statement1 import statement1
-from diractrap.models import get_denoiser
+from diractrap.models import job_denoiser
 
 job = snakemake.params.job
-weights_dir = Path(snakemake.input.weights[0]).parent if snakemake.input.weights else None
 torch.set_num_threads(snakemake.threads)
 probs = [load_problem(f) for f in snakemake.input.problems]
 runs = [load_result(f) for f in snakemake.input.runs]
@@ -26,7 +24,7 @@ def stack(arrays):
     return torch.stack([torch.as_tensor(a) for a in arrays]).float().to(dev)
 
 
-denoiser = get_denoiser(job["prior"], device=dev, root=weights_dir, download=False, sha256=job["sha256"])
+denoiser = job_denoiser(job, snakemake.input.weights)
 labels = class_labels(job["labels"], [p["label"] for p in probs])
 res = statement1(denoiser, stack([p["y"] for p in probs]), stack([p["x_true"] for p in probs]),
                  stack([p["h_true"] for p in probs]), stack([r["x"][0] for r in runs]), stack([r["h"][0] for r in runs]),

@@ -37,7 +37,8 @@ from tqdm.auto import tqdm
 
 from ..data import atomic_path
 
-__all__ = ["DownloadError", "ChecksumError", "download", "sha256sum", "ChecksumLock", "LOCK_NAME", "mirror_urls",
+__all__ = ["DownloadError", "ChecksumError", "download", "sha256sum", "verify_file", "ChecksumLock", "LOCK_NAME",
+           "mirror_urls",
            "MIRRORS_ENV", "MIRRORS_ONLY_ENV"]
 
 LOCK_NAME = "checkpoints.lock"
@@ -78,6 +79,27 @@ def sha256sum(path) -> str:
                 h.update(block)
         _DIGESTS[key] = h.hexdigest()
     return _DIGESTS[key]
+
+
+def verify_file(path, sha256: str | None = None, size: int | None = None, *, what: str | None = None,
+                hint: str = "") -> str:
+    """The sha256 of ``path`` after checking it against the expected ``sha256`` and ``size`` (None: not checked).
+
+    The one verifier of every file the project trusts by its hash (downloads, checkpoints, the demo weights). A
+    mismatch raises :class:`ChecksumError` "<what> has <size or sha256> instead of <expected>; <hint>", where
+    ``what`` names the file (default: its path) and ``hint`` says what to do. A wrong size is reported without
+    hashing the file.
+    """
+    path = Path(path)
+    got_size = path.stat().st_size
+    if size is not None and got_size != size:
+        mismatch = f"{got_size} bytes instead of {size}"
+    else:
+        digest = sha256sum(path)
+        if sha256 is None or digest == sha256.lower():
+            return digest
+        mismatch = f"sha256 {digest} instead of {sha256.lower()}"
+    raise ChecksumError(f"{what or path} has {mismatch}" + (f"; {hint}" if hint else ""))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -270,19 +292,17 @@ def _reason(err: BaseException) -> str:
 
 
 def _verify(path: Path, sha256: str | None, size: int | None, *, url: str, dest: Path, delete: bool) -> str:
-    """Check size and sha256 of ``path``; on a mismatch delete it (a download) and raise ChecksumError."""
-    got_size = path.stat().st_size
-    digest = sha256sum(path) if size is None or got_size == size else None
-    if (size is not None and got_size != size) or (sha256 is not None and digest != sha256.lower()):
-        what = (f"{got_size} bytes instead of {size}" if digest is None
-                else f"sha256 {digest} instead of {sha256.lower()}")
-        if delete:
-            path.unlink(missing_ok=True)
-            raise ChecksumError(f"{url} gave a file with {what}; the download was removed. Check the URL, or place "
-                                f"the right file by hand at {dest}")
-        raise ChecksumError(f"{path} has {what}; delete it to download it again from {url}, or place the right "
-                            "file there by hand")
-    return digest
+    """:func:`verify_file` for a download (``delete``: the ``.part`` file, removed on a mismatch) or a file found
+    at ``dest``."""
+    if not delete:
+        return verify_file(path, sha256, size, hint=f"delete it to download it again from {url}, or place the right "
+                                                   "file there by hand")
+    try:
+        return verify_file(path, sha256, size, what=f"the file from {url}",
+                           hint=f"the download was removed. Check the URL, or place the right file by hand at {dest}")
+    except ChecksumError:
+        path.unlink(missing_ok=True)
+        raise
 
 
 def _fetch_http_resuming(url: str, part: Path, dest: Path, *, progress: bool, timeout: float, retries: int) -> None:

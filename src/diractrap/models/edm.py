@@ -16,7 +16,8 @@ Conventions (all observed in the original code and checked by the golden fixture
 
 Evaluation is always in float32 (``use_fp16`` is kept as an attribute for the record but ignored); ``.double()``
 evaluates the whole network in float64 (tests only). :func:`freeze` puts a network into the evaluation state of the
-denoiser protocol: float32, ``eval()``, parameters frozen, TF32 off.
+denoiser protocol: float32, ``eval()``, parameters frozen. :class:`EDMPrecond` runs its forward pass with TF32 off
+(:func:`diractrap.numerics.no_tf32`, scoped: the caller's flags are restored after each call).
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from ..numerics import no_tf32
 
 __all__ = [
     "Linear",
@@ -40,7 +43,6 @@ __all__ = [
     "EDMPrecond",
     "edm_coefficients",
     "freeze",
-    "disable_tf32",
 ]
 
 
@@ -651,7 +653,8 @@ class EDMPrecond(nn.Module):
             raise ValueError(f"sigma must have one value per image ({B}) or one in all, got shape {tuple(sigma.shape)}")
         class_labels = self.one_hot_labels(labels, B, dtype, x.device)
         c_skip, c_out, c_in, c_noise = edm_coefficients(sigma.reshape(-1, 1, 1, 1), self.sigma_data)
-        F_x = self.model(c_in * x_in, c_noise.flatten(), class_labels, augment_labels)
+        with no_tf32():
+            F_x = self.model(c_in * x_in, c_noise.flatten(), class_labels, augment_labels)
         return (c_skip * x_in + c_out * F_x).to(x.dtype)
 
 
@@ -660,17 +663,6 @@ class EDMPrecond(nn.Module):
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def disable_tf32() -> None:
-    """Turn TF32 off for CUDA matmuls and cuDNN convolutions (process-wide; forward and backward passes alike).
-
-    TF32 keeps 10 mantissa bits: on Ampere and later GPUs it would make network evaluations ~1e-3 relative, far
-    from the float32 the potential's ODE assumes. A no-op for CPU computations.
-    """
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
-
-
 def freeze(net: nn.Module, device="cpu") -> nn.Module:
-    """Float32, eval mode, parameters frozen (gradients flow to the input only), TF32 off, moved to ``device``."""
-    disable_tf32()
+    """Float32, eval mode, parameters frozen (gradients flow to the input only), moved to ``device``."""
     return net.to(device=device, dtype=torch.float32).eval().requires_grad_(False)

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .download import sha256sum
+from .download import verify_file
 from .ncsnpp import NCSNppConfig, NCSNppDenoiser, build_ncsnpp
 
 __all__ = ["load_denoiser", "load_score_sde", "check_state_dict"]
@@ -54,13 +54,7 @@ def load_denoiser(path, **options):
 
 
 def _verified_digest(path: Path, sha256: str | None) -> str:
-    digest = sha256sum(path)
-    if sha256 is not None and digest != sha256.lower():
-        raise ValueError(
-            f"{path} has sha256 {digest}, not the expected {sha256.lower()}: the file is damaged or another "
-            "checkpoint; delete it and download it again"
-        )
-    return digest
+    return verify_file(path, sha256, hint="the file is damaged or another checkpoint; delete it and download it again")
 
 
 # ---------------------------------------------------------------------------------------------------------------

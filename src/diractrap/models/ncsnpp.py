@@ -12,7 +12,7 @@ Conventions of the original network, kept here:
 - with ``scale_by_sigma`` the output is divided by sigma: it is the score of the sigma-marginal, not a denoised image.
 
 :class:`NCSNppDenoiser` turns it into a denoiser of the project protocol: D(x, sigma) = x + sigma^2 * score(x, sigma)
-on [0, 1] with sigma_min 0.01, sigma_max 348 (Tweedie; PAPER.md, Section 2).
+on [0, 1] with sigma_min 0.01, sigma_max 348 (Tweedie; arXiv:2508.02923, Section 2).
 
 Sections: the configuration; FIR up/down-sampling (StyleGAN2's upfirdn2d); layers; the U-Net; the denoiser wrapper.
 """
@@ -25,6 +25,8 @@ from dataclasses import asdict, dataclass, fields
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from ..numerics import no_tf32
 
 __all__ = [
     "NCSNppConfig",
@@ -671,11 +673,10 @@ class NCSNppDenoiser(nn.Module):
 
     def score(self, x: Tensor, sigma) -> Tensor:
         """The network's score of the sigma-marginal on [0, 1], in the network's dtype."""
-        torch.backends.cuda.matmul.allow_tf32 = False  # TF32 would cost ~1e-3 relative in every matmul/conv
-        torch.backends.cudnn.allow_tf32 = False
         dtype = next(self.net.parameters()).dtype
         sigma = torch.as_tensor(sigma, device=x.device).to(dtype).reshape(-1).expand(x.shape[0])
-        return self.net(x.to(dtype), self._time_cond(sigma))
+        with no_tf32():  # TF32 would cost ~1e-3 relative in every matmul/conv
+            return self.net(x.to(dtype), self._time_cond(sigma))
 
     def forward(self, x: Tensor, sigma, labels: Tensor | None = None) -> Tensor:
         s = torch.as_tensor(sigma, device=x.device).to(x.dtype).reshape(-1).expand(x.shape[0])

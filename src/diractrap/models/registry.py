@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-__all__ = ["ModelSpec", "REGISTRY", "register", "get_denoiser", "checkpoint_dir", "checkpoint_path",
+__all__ = ["ModelSpec", "REGISTRY", "register", "get_denoiser", "job_denoiser", "checkpoint_dir", "checkpoint_path",
            "fetch_checkpoint", "forget_checkpoint", "checkpoint_status"]
 
 CHECKPOINTS_ENV = "DIRACTRAP_CHECKPOINTS"  # overrides the checkpoint directory
@@ -48,13 +48,24 @@ def get_denoiser(name_or_path: str, *, device="cpu", root=None, download: bool =
     A downloadable model's file lives at ``<root>/<filename>`` (root: the argument, else ``$DIRACTRAP_CHECKPOINTS``,
     else ``data/checkpoints``); it is downloaded when missing (unless ``download=False``), verified against the
     expected sha256 (``sha256=``, else the registry's, else the one recorded in the lock file) and loaded strictly;
-    on first use (no hash known) its hash is recorded only once it has loaded. ``options`` go to the loader
-    (``weights``, ``class_label``, ...) over the registry's.
+    on first use (no hash known) its hash is recorded only once it has loaded. An embedded prior built from weights
+    (``demo``) checks them against its own record; a ``sha256=`` pin must then equal their hash too
+    (``denoiser.info["sha256"]``). ``options`` go to the loader (``weights``, ``class_label``, ...) over the
+    registry's.
     """
     if name_or_path in REGISTRY:
         spec = REGISTRY[name_or_path]
         if spec.build is not None:
-            return spec.build(device=device, **{**spec.options, **options})
+            denoiser = spec.build(device=device, **{**spec.options, **options})
+            got = (getattr(denoiser, "info", None) or {}).get("sha256")
+            if sha256 is not None and got != sha256.lower():
+                from .download import ChecksumError
+
+                raise ChecksumError(
+                    f"model {name_or_path!r} is built in code, with no weights file a sha256 pin could check"
+                    if got is None else f"model {name_or_path!r} was built from weights with sha256 {got} instead of "
+                    f"the pinned {sha256.lower()}: fix the pin, or restore the weights")
+            return denoiser
         path, digest, denoiser = _fetch(spec.name, root=root, download=download, sha256=sha256, progress=progress,
                                         device=device, options=options)
         if denoiser is None:
@@ -70,6 +81,17 @@ def get_denoiser(name_or_path: str, *, device="cpu", root=None, download: bool =
         return load_denoiser(name_or_path, device=device, sha256=sha256, **options)
     known = ", ".join(sorted(REGISTRY)) or "(none)"
     raise KeyError(f"unknown model {name_or_path!r}: not a registered name ({known}) and not an existing file")
+
+
+def job_denoiser(job: dict, weights_files=()):
+    """The denoiser of a workflow job, with the job's pinned hash always applied.
+
+    ``job``: the dict of the workflow's job builders (``prior``, ``device``, ``sha256``: the config's pin or None);
+    ``weights_files``: the job's checkpoint inputs (``snakemake.input.weights``; empty for embedded priors), whose
+    directory is the checkpoint root. Never downloads: the workflow's download job has fetched the file.
+    """
+    root = Path(weights_files[0]).parent if weights_files else None
+    return get_denoiser(job["prior"], device=job["device"], root=root, download=False, sha256=job["sha256"])
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -121,7 +143,7 @@ def _fetch(name: str, *, root, download: bool, sha256: str | None, progress: boo
     """(path, sha256, the denoiser loaded to earn trust on first use, or None when the hash was already known)."""
     import pickle
 
-    from .download import ChecksumError, ChecksumLock, download as fetch, mirror_urls, sha256sum
+    from .download import ChecksumError, ChecksumLock, download as fetch, mirror_urls, verify_file
 
     spec = _downloadable(name)
     path = checkpoint_path(name, root)
@@ -143,11 +165,10 @@ def _fetch(name: str, *, root, download: bool, sha256: str | None, progress: boo
             raise ChecksumError(f"{err} (expected hash {where})") from None
         origin = "download"
     else:
-        digest = sha256sum(path)
-        if (expected and digest != expected) or (size and path.stat().st_size != size):
-            raise ChecksumError(f"{path.absolute()} has sha256 {digest}, not {expected} ({where}): the file is "
-                                "damaged or another checkpoint; delete it to download it again, or forget the record "
-                                f"with `diractrap models --forget {name}` if the source changed")
+        digest = verify_file(path, expected or None, size or None, what=str(path.absolute()),
+                             hint=f"expected hash {where}: the file is damaged or another checkpoint; delete it to "
+                                  "download it again, or forget the record with "
+                                  f"`diractrap models --forget {name}` if the source changed")
         origin = "placed by hand"
     if expected:  # verified against a pin or a record made when a file of this name last loaded
         return path, digest, None
@@ -257,7 +278,7 @@ register(
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The paper's pretrained priors (PAPER.md, "Pretrained models"): downloaded on first use, never redistributed.
+# The paper's pretrained priors (its experiments, arXiv:2508.02923): downloaded on first use, never redistributed.
 # Hashes: no public source we could reach gives them (the EDM and score_sde releases publish none, and these machines
 # have no network to hash the files), so none is pinned; the first file that loads records its hash in the lock
 # file, and config/paper.yaml (models.<m>.sha256) can pin one.
