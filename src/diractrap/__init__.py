@@ -10,6 +10,7 @@ Modules, one per paper concept (docs/DESIGN.md has the module map with each one'
     models                 the pretrained networks (NCSN++, EDM), checkpoint loading and downloads, the registry
     data, datasets, train  image files and the embedded demo crops; the paper's image sets; the demo prior
     checks, figures       input validation; Figures 1-5 from result tables
+    rng, numerics         per-item random streams; the scoped TF32 policy
     cli, cli_options       the ``diractrap`` command, its options generated from the parameter dataclasses
 """
 
