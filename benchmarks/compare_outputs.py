@@ -4,11 +4,11 @@ A refactor must not change what `make demo` computes. Run the demo before and af
 tree, and compare:
 
     python benchmarks/compare_outputs.py /tmp/before /path/to/after            # prints a table, exit 1 on a diff
-    python benchmarks/compare_outputs.py A B --ignore-column denoiser         # provenance columns that moved
+    python benchmarks/compare_outputs.py A B --ignore denoiser --ignore provenance   # fields that moved
 
 Tables (.csv, .parquet) are compared column by column: numbers exactly (the largest absolute difference is
 reported when they differ), everything else as text; columns present on one side only are listed. Arrays (.npz)
-and JSON are compared exactly, leaf by leaf. Figures: PNGs pixel by pixel; PDFs byte by byte once their creation
+and JSON are compared exactly, leaf by leaf (a JSON string stored in an .npz as well). Figures: PNGs pixel by pixel; PDFs byte by byte once their creation
 date is removed. Logs are skipped. Strings that contain the tree's own root path are compared with that root
 replaced (a record of where a file was read from is not a result).
 """
@@ -41,23 +41,23 @@ def files(root: Path) -> dict[str, Path]:
 def _text(value, root: Path) -> str:
     """A value as text with machine-specific roots removed: the tree's own root and any absolute path into a
     source checkout (``.../src/diractrap/...`` becomes ``<src>/diractrap/...``)."""
-    s = str(value).replace(str(root), "<root>")
-    return re.sub(r"/[^\s\"']*?/src/diractrap/", "<src>/diractrap/", s)
+    s = re.sub(r"/[^\s\"']*?/src/diractrap/", "<src>/diractrap/", str(value))
+    return s.replace(str(root), "<root>")
 
 
-def compare_leaves(a, b, ra: Path, rb: Path, where: str, diffs: list[str]) -> None:
-    """Recursive exact comparison of JSON-like values; differences appended to ``diffs``."""
+def compare_leaves(a, b, ra: Path, rb: Path, where: str, diffs: list[str], ignore=frozenset()) -> None:
+    """Recursive exact comparison of JSON-like values (keys in ``ignore`` skipped); differences go to ``diffs``."""
     if isinstance(a, dict) and isinstance(b, dict):
-        for k in sorted(set(a) | set(b)):
+        for k in sorted((set(a) | set(b)) - set(ignore)):
             if k not in a or k not in b:
                 diffs.append(f"{where}.{k}: only in {'A' if k in a else 'B'}")
             else:
-                compare_leaves(a[k], b[k], ra, rb, f"{where}.{k}", diffs)
+                compare_leaves(a[k], b[k], ra, rb, f"{where}.{k}", diffs, ignore)
     elif isinstance(a, list) and isinstance(b, list):
         if len(a) != len(b):
             diffs.append(f"{where}: length {len(a)} vs {len(b)}")
         for i, (u, v) in enumerate(zip(a, b)):
-            compare_leaves(u, v, ra, rb, f"{where}[{i}]", diffs)
+            compare_leaves(u, v, ra, rb, f"{where}[{i}]", diffs, ignore)
     elif isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
         if not (a == b or (isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b))):
             diffs.append(f"{where}: {a!r} vs {b!r}")
@@ -108,7 +108,13 @@ def compare_file(pa: Path, pb: Path, ra: Path, rb: Path, ignore: set[str]) -> li
                     diffs.append(f"{k}: only in {'A' if k in za.files else 'B'}")
                     continue
                 x, y = za[k], zb[k]
-                if x.shape != y.shape or x.dtype != y.dtype:
+                if x.dtype.kind in "US" and y.dtype.kind in "US" and x.shape == y.shape == ():  # a JSON record
+                    try:
+                        compare_leaves(json.loads(str(x)), json.loads(str(y)), ra, rb, k, diffs, ignore)
+                    except json.JSONDecodeError:
+                        if _text(x, ra) != _text(y, rb):
+                            diffs.append(f"{k}: text differs")
+                elif x.shape != y.shape or x.dtype != y.dtype:
                     diffs.append(f"{k}: {x.dtype}{x.shape} vs {y.dtype}{y.shape}")
                 elif x.dtype.kind in "fc":
                     same = (x == y) | (np.isnan(x) & np.isnan(y))
@@ -123,7 +129,7 @@ def compare_file(pa: Path, pb: Path, ra: Path, rb: Path, ignore: set[str]) -> li
         return diffs
     if suffix == ".json":
         diffs: list[str] = []
-        compare_leaves(json.loads(pa.read_text()), json.loads(pb.read_text()), ra, rb, "$", diffs)
+        compare_leaves(json.loads(pa.read_text()), json.loads(pb.read_text()), ra, rb, "$", diffs, ignore)
         return diffs
     if suffix == ".png":
         from PIL import Image
@@ -143,7 +149,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("a", type=Path, help="the reference tree (holds results/ and figures/)")
     ap.add_argument("b", type=Path, help="the tree to compare with it")
-    ap.add_argument("--ignore-column", action="append", default=[], help="a table column not to compare (repeat)")
+    ap.add_argument("--ignore", action="append", default=[],
+                    help="a table column or JSON key not to compare (repeat): provenance fields a change moved")
     args = ap.parse_args(argv)
     fa, fb = files(args.a), files(args.b)
     if not fa:
@@ -154,7 +161,7 @@ def main(argv=None) -> int:
             print(f"ONLY IN {'A' if rel in fa else 'B'}  {rel}")
             bad += 1
             continue
-        diffs = compare_file(fa[rel], fb[rel], args.a.resolve(), args.b.resolve(), set(args.ignore_column))
+        diffs = compare_file(fa[rel], fb[rel], args.a.resolve(), args.b.resolve(), set(args.ignore))
         print(f"{'same ' if not diffs else 'DIFF '} {rel}")
         for d in diffs[:12]:
             print(f"        {d}")

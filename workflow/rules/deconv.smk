@@ -17,6 +17,7 @@ rule deconv_problem:
         pair=pair_params,
     log:
         f"{LOGS}/deconv/pair{{pair}}/problem.log",
+    priority: 10  # seconds each; Algorithm 1 and Statement 1 wait for them
     resources:
         mem_mb=1000,
         runtime=5,
@@ -36,6 +37,7 @@ rule algorithm1:
         job=algorithm1_params,
     log:
         f"{LOGS}/deconv/{{run}}/{{start}}.log",
+    priority: 10  # before the sweep chunks: Statement 1 waits for one of these, then runs alone (see statement1)
     threads: deconv_resources("threads")
     resources:
         gpu=deconv_resources("gpu"),
@@ -73,6 +75,7 @@ rule statement1:
         job=statement1_params,
     log:
         f"{LOGS}/deconv/statement1.log",
+    priority: 20  # the longest single job (one batch, not splittable without changing its numbers): start it first
     threads: deconv_resources("threads")
     resources:
         gpu=deconv_resources("gpu"),
