@@ -134,7 +134,7 @@ def test_corrupted_file_on_the_mirror_stops_and_leaves_nothing(monkeypatch, tmp_
             fetch_checkpoint("test-mirrored", root=tmp_path, sha256=DIGEST, progress=False)
     msg = str(err.value)
     assert "\n" not in msg
-    assert f"{srv.url}/ckpt/model.bin gave a file with sha256 {hashlib.sha256(served).hexdigest()}" in msg
+    assert f"the file from {srv.url}/ckpt/model.bin has sha256 {hashlib.sha256(served).hexdigest()}" in msg
     assert str(tmp_path / "model.bin") in msg and official in msg  # the fallback was tried and named too
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == []  # no file, no .part, no lock
 

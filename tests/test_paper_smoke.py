@@ -200,7 +200,7 @@ def test_corrupted_standins_on_the_mirror_stop_with_one_line(standins, serve, tm
     for name in (truncated, changed):
         log = (repo / f"results/paper/logs/checkpoint/{name}.log").read_text()
         last = log.strip().splitlines()[-1]
-        assert last.startswith("DownloadError: ") and f"{url}/mirror/{name} gave a file with" in last, log[-2000:]
+        assert last.startswith("DownloadError: ") and f"the file from {url}/mirror/{name} has " in last, log[-2000:]
         assert str(repo / "data/checkpoints" / name) in last and "expected hash pinned" in last
         assert "Traceback" not in log
         assert not (repo / "data/checkpoints" / name).exists()
