@@ -66,24 +66,27 @@ def _resolve(token: str, modules: dict[str, str]) -> str | None:
     return None
 
 
-def _readme_mentions() -> list[str]:
-    """README.md, "What is where": the first column of the library's table (the table after the line naming
-    ``src/diractrap/``), and any src/diractrap path in the section."""
-    section = _section(ROOT / "README.md", "What is where")
-    tables = re.split(r"\n(?!\|)", section)  # blocks of consecutive table lines, and the prose between
-    library = [block.strip() for block in tables if block.strip().startswith("| module |")]
-    assert len(library) == 1, "README.md, 'What is where': expected one table headed '| module |' (the library)"
-    cells = [line.split("|")[1] for line in library[0].splitlines()[2:]]
+def _first_column(table: str, section: str) -> list[str]:
+    """The backticked names in the first column of a markdown table (header rows skipped), and every
+    src/diractrap path written anywhere in its section."""
+    cells = [line.split("|")[1] for line in table.strip().splitlines()[2:]]
     return [t for cell in cells for t in re.findall(r"`([^`]+)`", cell)] + re.findall(r"src/diractrap/[\w/]+\.py",
                                                                                      section)
+
+
+def _readme_mentions() -> list[str]:
+    """README.md, "What is where": the library's table (the one headed ``| module |``)."""
+    section = _section(ROOT / "README.md", "What is where")
+    tables = re.split(r"\n(?!\|)", section)  # blocks of consecutive table lines, and the prose between
+    library = [block for block in tables if block.strip().startswith("| module |")]
+    assert len(library) == 1, "README.md, 'What is where': expected one table headed '| module |' (the library)"
+    return _first_column(library[0], section)
 
 
 def _design_mentions() -> list[str]:
-    """docs/DESIGN.md, "Module map": the first column of the table, and any src/diractrap path."""
+    """docs/DESIGN.md, "Module map": its one table."""
     section = _section(ROOT / "docs" / "DESIGN.md", "Module map")
-    cells = [line.split("|")[1] for line in section.splitlines() if line.startswith("|")][2:]  # after the header
-    return [t for cell in cells for t in re.findall(r"`([^`]+)`", cell)] + re.findall(r"src/diractrap/[\w/]+\.py",
-                                                                                     section)
+    return _first_column("\n".join(line for line in section.splitlines() if line.startswith("|")), section)
 
 
 # ---------------------------------------------------------------------------------------------------------------

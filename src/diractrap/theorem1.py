@@ -224,7 +224,7 @@ def condition_angles(V: Tensor, x: Tensor, h: Tensor) -> dict[str, float]:
 
 
 @torch.no_grad()
-@no_tf32()  # second derivatives through the network: TF32 would swamp them on a GPU
+@no_tf32()  # hundreds of network evaluations whose small differences drive the descent
 def descend_to_critical(
     prior,
     x0: Tensor,
