@@ -83,7 +83,7 @@ _DEBLUR = ["deblur", "blurry.png", "--model", "demo", "--out", "run"]
 def _sample(kind, name: str):
     """A command-line value of type ``kind``, valid for Algorithm1Params and not the paper preset's."""
     strings = {"pad": "reflect", "inner": "douglas-rachford", "kernel_step": "projected",
-               "kernel_schedule": "log-relative"}
+               "kernel_schedule": "log-relative", "precision": "bf16"}
     if typing.get_origin(kind) is tuple:
         return ["0.5", "0.25"], (0.5, 0.25)
     kind = next(a for a in typing.get_args(kind) or (kind,) if a is not type(None))
@@ -146,7 +146,7 @@ def test_deblur_bad_value_names_the_option(capsys):
 _HEAD = {"potential": ["potential", "a.png", "--model", "demo"],
          "sweep": ["sweep", "a.png", "--model", "demo", "--family", "gaussian", "--thetas", "0", "--out", "t.csv"]}
 _GIVEN = dict(solver="heun", steps=9, rho=5.0, rtol=0.01, atol=0.02, control="q", divergence="exact",
-              probe="gaussian", n_probes=5, seed=3)
+              probe="gaussian", n_probes=5, seed=3, precision="bf16", max_nfe=500)
 
 
 @pytest.mark.parametrize("command", sorted(_HEAD))

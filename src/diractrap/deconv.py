@@ -44,6 +44,7 @@ from . import __version__
 from .blur import conv, conv_adjoint, conv_adjoint_kernel
 from .checks import check_deconv_input, check_nonnegative, check_positive, nonfinite_message
 from .kernels import dirac, project_simplex, second_moment, small, wide
+from .numerics import at_precision, check_precision
 from .priors import check_denoiser, denoise_unit, score_unit
 
 __all__ = [
@@ -341,11 +342,13 @@ class Algorithm1Params:
     dr_restart: bool = False  # DR: z restarted at x before every kernel step's inner loop (else carried over)
     cg_iter: int = 1000  # DR: conjugate-gradient iterations of the data prox ...
     cg_tol: float = 1e-5  # ... until the squared residual norm is below this
+    precision: str = "fp32"  # the denoiser's evaluations: fp32, tf32, bf16 or fp16 (diractrap.numerics)
 
     def __post_init__(self):
         choices = {"inner": ("gradient", "douglas-rachford"), "kernel_step": ("chain", "projected"),
                    "kernel_schedule": ("lipschitz", "constant", "log-relative"),
                    "pad": ("replicate", "reflect", "observed")}
+        check_precision(self.precision)
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}, got {getattr(self, name)!r}")
@@ -401,13 +404,14 @@ PRESETS: dict[str, dict] = {
         gamma_h_scale=1.0, gamma_h_decay=1.0, reset=100, sigma=0.01, sigma_g=0.001, pad="replicate",
         inner="gradient", kernel_step="chain", kernel_schedule="constant", rel_step=(1e-2, 1e-7), gamma_h_max=1e-3,
         dr_sigma=None, dr_sigma_scale=None, dr_clamp=0.2, dr_restart=False, cg_iter=1000, cg_tol=1e-5,
+        precision="fp32",
     ),
     "authors": dict(  # the authors' published optimisation loop (putils/optimization.py), point by point
         n_ext=3000, n_in=10, n_in_first=50, n_in_warmup=15, gamma_x=0.05, gamma_x_decay=0.999, gamma_h=None,
         gamma_h_scale=1.0, gamma_h_decay=1.0, reset=100, sigma=0.01, sigma_g=0.001, pad="observed",
         inner="douglas-rachford", kernel_step="projected", kernel_schedule="log-relative", rel_step=(1e-2, 1e-7),
         gamma_h_max=1e-3, dr_sigma=None, dr_sigma_scale=0.03, dr_clamp=0.2, dr_restart=True, cg_iter=1000,
-        cg_tol=1e-5,
+        cg_tol=1e-5, precision="fp32",
     ),
 }
 
@@ -538,6 +542,7 @@ def algorithm1(
     from tqdm.auto import tqdm
 
     check_denoiser(denoiser)
+    denoiser = at_precision(denoiser, params.precision)
     K_in = kernel_size if isinstance(h0, str) else torch.as_tensor(h0).shape[-1]
     check_deconv_input(denoiser, y, K_in, sigma=params.sigma)
     B = y.shape[0]
