@@ -312,14 +312,14 @@ class Algorithm1Params:
     value. L_h below is the largest eigenvalue of A_x^T A_x on zero-sum kernels (warm-started power iterations)."""
 
     n_ext: int = 3000  # outer iterations (kernel steps)
-    n_in: int = 10  # inner x-steps per kernel step ...
-    n_in_first: int | None = None  # ... or, after a reset, this many, decreasing linearly (floored) to n_in ...
-    n_in_warmup: int = 15  # ... over this many outer iterations
+    n_in: int = 10  # inner x-steps per kernel step (once the warm-up after a reset is over)
+    n_in_first: int | None = None  # inner x-steps right after a reset, falling linearly (floored) to n_in; None: n_in
+    n_in_warmup: int = 15  # outer iterations over which the inner steps fall from n_in_first to n_in
     gamma_x: float | None = None  # x step; None: 1 / (1 + sigma^2 / sigma_g^2) for "gradient", 0.05 for DR
     gamma_x_decay: float = 1.0  # gamma_x multiplied by this at every reset (the first included)
     gamma_h: float | None = None  # "constant" schedule; None: 1 / L_h at the first kernel step, per problem
-    gamma_h_scale: float = 1.0  # "lipschitz" schedule: gamma_h_scale / L_h(x_n) ...
-    gamma_h_decay: float = 1.0  # ... times gamma_h_decay ** (n / n_ext)
+    gamma_h_scale: float = 1.0  # "lipschitz" schedule: the kernel step at n = 0, in units of 1 / L_h(x_n)
+    gamma_h_decay: float = 1.0  # "lipschitz" schedule: the step's factor at n = n_ext (gamma_h_decay ** (n / n_ext))
     reset: int = 100  # x restarts from y when n mod reset == 0
     sigma: float = 0.01  # noise std on [0, 1]
     sigma_g: float = 0.001  # grad q(x) ~ (x - D(x, sigma_g)) / sigma_g^2
@@ -339,8 +339,8 @@ class Algorithm1Params:
     dr_sigma_scale: float | None = None  # DR: sigma_d = dr_sigma_scale * gamma_x (the authors' 0.03)
     dr_clamp: float = 0.2  # DR: z clipped to [-dr_clamp, 1 + dr_clamp]
     dr_restart: bool = False  # DR: z restarted at x before every kernel step's inner loop (else carried over)
-    cg_iter: int = 1000  # DR: conjugate-gradient iterations of the data prox ...
-    cg_tol: float = 1e-5  # ... until the squared residual norm is below this
+    cg_iter: int = 1000  # DR: at most this many conjugate-gradient iterations per data proximal step
+    cg_tol: float = 1e-5  # DR: conjugate gradients stop once the squared residual norm is below this
 
     def __post_init__(self):
         choices = {"inner": ("gradient", "douglas-rachford"), "kernel_step": ("chain", "projected"),
