@@ -228,8 +228,9 @@ def _dr_steps(denoiser, z, h, y, n, *, gamma, sigma_d, clamp, cg_iter, cg_tol, l
 
     From the state z, each step: x = D(z, sigma_d), z <- z + prox_{gamma f}(2x - z) - x with
     prox_{gamma f}(v) = (A^T A + I/gamma)^{-1} (A^T y + v/gamma) by CG (warm-started), z clipped to
-    [-clamp, 1 + clamp]; A = A_h C on the prior's domain ``dom``. When D(., sigma_d) is the proximal map of sigma_d^2 q (exactly so for a Gaussian prior),
-    g = (sigma_d^2 / gamma) q and the fixed point minimises 1/2||h*x - y||^2 + (sigma_d^2 / gamma) q(x).
+    [-clamp, 1 + clamp]; A = A_h C on the prior's domain ``dom``. When D(., sigma_d) is the proximal map of
+    sigma_d^2 q (exactly so for a Gaussian prior), g = (sigma_d^2 / gamma) q and the fixed point minimises
+    1/2||h*x - y||^2 + (sigma_d^2 / gamma) q(x).
 
     Returns (D(z, sigma_d), z) and the gradients of that objective at the first and at the last x: from the prox
     identity (z - x) / gamma = grad g(x) for x = D(z), no extra network evaluation: A^T(Ax - y) + (z - x) / gamma.
@@ -335,7 +336,7 @@ class Algorithm1Params:
     # with a warning; "lipschitz": gamma_h_scale / L_h(x_n) * gamma_h_decay ** (n / n_ext); "log-relative" (the
     # authors'): clip(r_n max|h| / max|grad|, 1e-7, gamma_h_max), r_n log-spaced over the run.
     kernel_schedule: str = "lipschitz"  # or "constant", "log-relative"
-    rel_step: tuple[float, float] = (1e-2, 1e-7)  # "log-relative": r_0 and r_end, r_n log-spaced over n_ext
+    rel_step: tuple[float, float] = (1e-2, 1e-7)  # "log-relative": r_0 and r_end of the log-spaced r_n; given: as is
     rel_budget: float | None = None  # "log-relative": r_n scaled to sum to this at any n_ext; None: rel_step as given
     gamma_h_max: float = 1e-3  # "log-relative": largest step
     dr_sigma: float | None = None  # DR denoiser level; None: dr_sigma_scale * gamma_x, or sigma sqrt(gamma_x)
@@ -668,8 +669,8 @@ def algorithm1(
     trajectory = {k: np.stack(v) if k != "iteration" else np.asarray(v, dtype=np.int64) for k, v in traj.items()}
     history = {k: np.stack(v) if v else np.zeros((0, B)) for k, v in hist.items()}
     h = project_simplex(theta, dims=2)
-    return Algorithm1Result(x=dom.channels_out(crop(x)).cpu(), h=h.cpu(), theta=theta.cpu(), trajectory=trajectory, settings=settings,
-                            history=history)
+    return Algorithm1Result(x=dom.channels_out(crop(x)).cpu(), h=h.cpu(), theta=theta.cpu(), trajectory=trajectory,
+                            settings=settings, history=history)
 
 # The rest of the deconvolution API lives in its own modules (which import this one) and is reachable from here too,
 # resolved on first use (PEP 562) so that importing either module first works.
