@@ -459,8 +459,8 @@ class Algorithm1Result:
     given. ``history``: per outer iteration n (N_ext, B), recorded before the kernel step: ``grad_x_rel`` =
     ||grad_x|| at the last inner step / ||grad_x|| at the first inner step after the latest reset (how far the
     x-subproblem was solved), ``gamma_h``, ``step_L`` = gamma_h * L_h(x_n) (< 2 for a decreasing step), ``data``,
-    ``spread``. ``settings``: the parameters and the resolved step sizes.
-    """
+    ``spread``. ``settings``: the parameters, the resolved step sizes, the log-relative budget spent
+    (``rel_budget_used``) and x's ``domain`` (:meth:`diractrap.domain.Domain.record`)."""
 
     x: Tensor
     h: Tensor
