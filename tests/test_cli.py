@@ -3,9 +3,11 @@ usage errors and every sub-command's --help. In-process and parse-only (no prior
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import functools
 import inspect
+import re
 import typing
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -123,6 +125,19 @@ def test_every_deblur_value_given_reaches_algorithm1params():
         assert PRESETS["paper"][name] != value, f"{name}: pick a test value the paper preset does not have"
 
 
+def test_no_two_deblur_options_share_a_help_text():
+    """Each option's help is its own field's: a comment spanning several fields once gave n_in, n_in_first and
+    n_in_warmup one merged text. Compared without the notes the generator appends (the presets' values differ)."""
+    texts = {}
+    for action in _subparser("deblur")._actions:
+        if action.help in (None, argparse.SUPPRESS):
+            continue
+        own = re.split(r" \((?:or none; )?presets: ", action.help)[0]
+        assert own not in texts, f"{action.option_strings} and {texts[own]} share the help {own!r}"
+        texts[own] = action.option_strings
+    assert len(texts) > len(dataclasses.fields(Algorithm1Params))  # every field's option was looked at
+
+
 def test_deblur_none_unsets_an_optional_parameter_of_the_preset():
     assert preset("authors").dr_sigma_scale is not None and preset("authors").n_in_first is not None
     args = _parse(_DEBLUR + ["--preset", "authors", "--dr-sigma-scale", "none", "--n-in-first", "None"])
@@ -233,8 +248,8 @@ class _Toy:
     """
 
     count: int = 3  # how many
-    rate: float | None = None  # the rate ...
-    rate_decay: float = 1.0  # ... decayed by this
+    rate: float | None = None  # the rate
+    rate_decay: float = 1.0  # the rate's factor per step
     mode: Literal["a", "b"] = "a"  # shadowed by the docstring's entry
     flag: bool = False
     pair: tuple[float, float] = (1.0, 2.0)
@@ -249,8 +264,8 @@ def test_generator_types_defaults_and_help():
     assert dests == {f.name: f.name for f in dataclasses.fields(_Toy)}
     a = {act.dest: act for act in parser._actions if act.help != "==SUPPRESS=="}
     assert a["count"].help.startswith("how many") and a["named"].help.startswith("from the metadata")
-    assert a["rate"].help.startswith("the rate, decayed by this") and "or none" in a["rate"].help
-    assert a["rate_decay"].help.startswith("the rate, decayed by this")
+    assert a["rate"].help.startswith("the rate (") and "or none" in a["rate"].help  # each comment its own field's
+    assert a["rate_decay"].help.startswith("the rate's factor per step")
     assert a["mode"].help.startswith("how it is done; shadowed") and a["mode"].choices == ["a", "b"]
     assert a["flag"].help.startswith("flag")
     args = parser.parse_args([])

@@ -357,6 +357,8 @@ def algorithm1_params(wildcards):
     params = resolved_run(wildcards.run)
     if wildcards.start == "continued":
         params.update({k: v for k, v in DECONV["continuation"].items() if k != "start"})
+        if "rel_step" in DECONV["continuation"]:
+            params["rel_budget"] = None  # an explicit rel_step is used as given (diractrap.deconv.preset)
     return dict(model_job(DECONV["model"]), run=wildcards.run, preset=DECONV["algorithm1"][wildcards.run]["preset"],
                 kernel_size=DECONV["kernel_size"], algorithm1=params, snapshots=DECONV["snapshots"],
                 pairs=DECONV["pairs"])
