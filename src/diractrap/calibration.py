@@ -43,7 +43,7 @@ from .numerics import PRECISIONS, check_precision
 from .potential import PotentialOptions, potential
 
 __all__ = ["ErrorBudget", "REFERENCE", "Ladder", "CostModel", "cost_model", "forward_flops", "calibrate",
-           "solve_ladder", "assess", "choose", "LadderSolves",
+           "solve_ladder", "assess", "pick", "choose", "LadderSolves",
            "Calibration", "CalibrationError", "audit", "check_audits", "AuditError", "blurred_grid", "read_calibration",
            "load_measurements"]
 
@@ -356,6 +356,17 @@ def assess(solves: LadderSolves, budget: ErrorBudget | None = None) -> tuple[pd.
     return table, ref_parts
 
 
+def pick(table: pd.DataFrame):
+    """The index of the cheapest row of an assessment table that meets the budget (ties, e.g. a closed-form prior
+    with no FLOPs: fewer forward-equivalents, the higher precision, more steps, more probes); None if none does.
+    benchmarks/paper_costs.py calls it on a table whose ``seconds`` were recomputed for another device."""
+    ok = table[table["meets"]]
+    if ok.empty:
+        return None
+    key = ok.assign(rank=ok["precision"].map(_PRECISION_RANK), neg_steps=-ok["steps"], neg_m=-ok["n_probes"])
+    return key.sort_values(["seconds", "forward_equivalents", "rank", "neg_steps", "neg_m"]).index[0]
+
+
 def choose(solves: LadderSolves, budget: ErrorBudget | None = None) -> Calibration:
     """Assess every candidate of ``solves`` under ``budget`` (:func:`assess`) and pick the cheapest that meets it
     (ties, e.g. a closed-form prior with no FLOPs: fewer forward-equivalents, the higher precision, more steps,
@@ -375,8 +386,7 @@ def choose(solves: LadderSolves, budget: ErrorBudget | None = None) -> Calibrati
             f"{ref_parts['total'].max():.3g} (Hutchinson part), the closest candidate ({cheap.solver} "
             f"{cheap.steps} steps, {cheap.n_probes} probes, {cheap.precision}) {cheap.err_bound:.3g}: add probes to "
             "the reference, raise beta, or set the potential's settings explicitly")
-    key = ok.assign(rank=ok["precision"].map(_PRECISION_RANK), neg_steps=-ok["steps"], neg_m=-ok["n_probes"])
-    best = key.sort_values(["seconds", "forward_equivalents", "rank", "neg_steps", "neg_m"]).index[0]
+    best = pick(table)
     table["chosen"] = table.index == best
     row = table.loc[best]
     if row["reference"]:

@@ -512,11 +512,13 @@ COMMANDS.append(_add_sweep)
 
 def _add_potential_options(p) -> None:
     """The fields of potential.PotentialOptions as options, with the library's defaults."""
+    from .numerics import PRECISIONS
     from .potential import CONTROLS, DIVERGENCES, PROBES, SOLVERS, PotentialOptions
 
     group = p.add_argument_group("how q is computed (diractrap.potential.PotentialOptions)")
     add_options_from(group, PotentialOptions, exclude=("tail_sigma",),  # the Gaussian tail needs the data's moments
-                     choices=dict(solver=SOLVERS, control=CONTROLS, divergence=DIVERGENCES, probe=PROBES),
+                     choices=dict(solver=SOLVERS, control=CONTROLS, divergence=DIVERGENCES, probe=PROBES,
+                                  precision=PRECISIONS),
                      aliases={"n_probes": ["--probes"]})
 
 

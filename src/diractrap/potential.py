@@ -76,42 +76,46 @@ BITS_OFFSET_8BIT = 8.0  # log2(256): bits/dim for pixel values on the 8-bit scal
 
 @dataclass(frozen=True)
 class PotentialOptions:
-    """How q(x) is computed. The defaults are the accurate choice measured in BENCHMARKS.md ("potential").
+    """How q(x) is computed: the library's defaults are an accurate general-purpose choice (BENCHMARKS.md
+    "potential"); a sweep calibrates cheaper ones against its error budget (:mod:`diractrap.calibration`).
 
     solver:     "dopri5" (adaptive Dormand-Prince 5(4)), "tsit5" (adaptive Tsitouras 5(4)) or "heun" (fixed grid of
                 ``steps`` steps on EDM's rho-schedule, 2 evaluations each).
-    steps, rho: the Heun grid (ignored by the adaptive solvers).
-    rtol, atol: adaptive tolerances. With ``control = "q"`` the local error of each image's divergence integral
-                (nats) must stay below ``atol * N + rtol * |integral|``: atol is in nats per dimension. With
-                ``control = "state"`` the scaled RMS error of the whole state (image and integral, scale
-                atol + rtol |y|, as scipy and torchdiffeq) is controlled instead.
-    control:    which error the adaptive step size controls: "q" (the quantity reported) or "state".
+    steps:      Heun's number of steps (ignored by the adaptive solvers).
+    rho:        the exponent of Heun's rho-schedule (EDM's 7; inf: uniform in ln sigma).
+    rtol:       adaptive solvers: the error allowed relative to the solution's size (see ``control``).
+    atol:       adaptive solvers: the absolute error allowed; with ``control = "q"`` in nats per dimension.
+    control:    which error the adaptive step size controls. "q": each image's divergence integral's local error
+                must stay below atol * N + rtol * |integral| nats. "state": the scaled RMS error of the whole state
+                (image and integral, scale atol + rtol |y|, as scipy and torchdiffeq).
     divergence: "hutchinson" (``n_probes`` probes per image; q is their mean, stderr their standard error) or
                 "exact" (N VJPs per evaluation, N <= MAX_EXACT_DIM).
-    probe, n_probes, seed: the Hutchinson probes (:func:`make_probes`); n_probes >= 2 gives a standard error.
+    probe:      the kind of Hutchinson probe: "rademacher" (+-1 entries) or "gaussian" (:func:`make_probes`).
+    n_probes:   Hutchinson probes per image; 2 or more give a standard error.
+    seed:       seeds the probes of each item (with its item id), so every blur level of an image shares them.
     tail_sigma: None (integrate to sigma_max, end point N(0, sigma_max^2 I)) or a noise level in units of [0, 1]
                 images above which the path is replaced by the closed form of a Gaussian of the data (``tail=`` of
                 :func:`potential`): q = -log N(x(sigma_c); m, Sigma + sigma_c^2 I) - int_{sigma_min}^{sigma_c}.
     precision:  the network's evaluations (:data:`diractrap.numerics.PRECISIONS`): "fp32", "tf32", "bf16" or
                 "fp16"; the ODE state stays in the image's dtype and the divergence integral in float64.
-    max_nfe:    an adaptive solve that needs more evaluations stops with an error naming its settings. None: no
-                limit at fp32 (only the step count's), REDUCED_MAX_NFE otherwise -- an adaptive step control fed a
-                reduced-precision network shrinks its steps down to the network's rounding noise and would not end.
+    max_nfe:    an adaptive solve needing more network evaluations stops with an error naming its settings. None:
+                no limit at fp32 (only the step count's), REDUCED_MAX_NFE otherwise -- an adaptive step control fed
+                a reduced-precision network shrinks its steps down to the network's rounding noise and would not end.
     """
 
-    solver: str = "tsit5"  # BENCHMARKS.md "potential": <= 1e-3 nats/dim on every benchmark prior, fewest NFE
-    steps: int = 128  # heun only
-    rho: float = 7.0  # heun only: EDM's schedule exponent
+    solver: str = "tsit5"  # the default: <= 1e-3 nats/dim on every benchmark prior with the fewest evaluations
+    steps: int = 128
+    rho: float = 7.0
     rtol: float = 1e-4
     atol: float = 1e-4
     control: str = "state"  # "q" is cheaper on trained priors but trusts (z - D) / sigma^2 to be a gradient
     divergence: str = "hutchinson"
     probe: str = "rademacher"
-    n_probes: int = 2  # >= 2: a standard error exists
+    n_probes: int = 2
     seed: int = 0
     tail_sigma: float | None = None  # off: the Gaussian tail needs the data's mean and covariance
-    precision: str = "fp32"  # the network's evaluations: fp32, tf32, bf16 or fp16 (ODE state float32 regardless)
-    max_nfe: int | None = None  # adaptive solvers stop past this many evaluations; None: 2000 unless fp32
+    precision: str = "fp32"
+    max_nfe: int | None = None
 
     def __post_init__(self):
         for name, allowed in (("solver", SOLVERS), ("control", CONTROLS), ("divergence", DIVERGENCES),

@@ -18,6 +18,7 @@ rule calibrate:
         job=calibration_params,
     log:
         f"{LOGS}/sweep/{{model}}/calibrate.log",
+    priority: 15  # every chunk of the model waits for it
     threads: model_threads
     resources:
         gpu=model_gpu,
