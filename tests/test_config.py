@@ -48,11 +48,26 @@ def test_paper_runs_are_exactly_their_presets():
 
 def test_paper_potential_settings_are_its_own():
     config = resolved("demo.yaml", "paper.yaml")
-    own = load("paper.yaml")["sweep"]["potential"]
-    schema = yaml.safe_load((ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text())
-    assert set(own) >= set(schema["$defs"]["potential"]["required"])  # every required setting stated ...
-    assert config["sweep"]["potential"] == own  # ... and none inherited from the demo
-    assert (own["rtol"], own["atol"]) == (1e-5, 1e-5)  # score_sde's tolerances (the library's 1e-4 is the demo's)
+    paper = load("paper.yaml")
+    assert config["sweep"]["potential"] == paper["sweep"]["potential"] == "calibrate"
+    own, merged = paper["sweep"]["calibration"], config["sweep"]["calibration"]
+    for key in ("images", "family", "budget", "reference", "ladder"):  # every setting stated, none from the demo
+        assert merged[key] == own[key], key
+    ref = own["reference"]  # issue 20's reference: tsit5 at 1e-5 (score_sde's tolerance), >= 8 probes, fp32
+    assert (ref["solver"], ref["rtol"], ref["atol"], ref["precision"]) == ("tsit5", 1e-5, 1e-5, "fp32")
+    assert ref["n_probes"] >= 8
+    n = paper["image_sets"][paper["models"]["ffhq256"]["images"]]["count"]
+    assert all(0 <= i < n for i in own["images"])
+    s1 = config["deconv"]["statement1"]["potential"]  # Statement 1 keeps the pre-calibration settings
+    assert s1 == paper["deconv"]["statement1"]["potential"] and (s1["rtol"], s1["n_probes"]) == (1e-5, 2)
+
+
+def test_smoke_config_calibrates_at_token_counts_on_every_model():
+    config = resolved("demo.yaml", "paper.yaml", "smoke.yaml")
+    cal = config["sweep"]["calibration"]
+    assert config["sweep"]["potential"] == "calibrate" and cal["images"] == [0]
+    assert cal["reference"]["solver"] == "heun" and cal["ladder"]["steps"] == [1]
+    assert "bf16" in cal["ladder"]["precisions"]  # the reduced-precision path runs at the real shapes
 
 
 @pytest.mark.parametrize("name", ["demo.yaml", "paper.yaml"])
