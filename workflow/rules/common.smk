@@ -8,7 +8,7 @@ from snakemake.utils import validate
 import dataclasses
 
 from diractrap.checks import config_errors
-from diractrap.datasets import DATASETS, SHARDS, shard_path
+from diractrap.datasets import SHARDS, plan_shards, shard_path
 from diractrap.deconv import preset
 from diractrap.models import REGISTRY, checkpoint_path
 
@@ -139,10 +139,14 @@ def image_set_file(name):
     return f"{RESULTS}/images/{name}.npz"
 
 
-def image_set_shard(wildcards):
-    """The dataset shard a paper image set is made from (nothing for the embedded demo crops)."""
-    source = config["image_sets"][wildcards.set]["source"]
-    return [] if source == "demo" else [str(shard_path(DATASETS[source].shard, DATASETS_DIR))]
+def image_set_shards(wildcards):
+    """The dataset shards a paper image set reads, as its pinned selection plans them (diractrap.datasets
+    .plan_shards: the files its images are spread over, or every file of a split drawn by class); nothing for the
+    embedded demo crops."""
+    spec = config["image_sets"][wildcards.set]
+    if spec["source"] == "demo":
+        return []
+    return [str(shard_path(s, DATASETS_DIR)) for s in plan_shards(spec["source"], spec["count"])]
 
 
 def image_set_params(wildcards):
