@@ -125,7 +125,7 @@ def fig1(table: pd.DataFrame, images, *, item: int, thetas, family: str = "gauss
         h = kernel(family, float(t), kernel_size, angle, dtype=torch.float64)
         _image(ax, blur_same(x, h, boundary)[0].numpy())
         q = rows.loc[rows["theta"] == float(t), "q"].item()
-        ax.set_title(f"θ = {t:g}\nq − q(x) = {q - q0:+.1f}", fontsize=7)
+        ax.set_title(f"θ = {t:g}\nq − q(x) = {q - q0:+.1f}", fontsize=7 if n <= 4 else 6)
     ax = fig.add_subplot(grid[1, :])
     ax.plot(rows["theta"], rows["q"] - q0, marker="o", color="C0")
     ax.plot(list(map(float, thetas)), [rows.loc[rows["theta"] == float(t), "q"].item() - q0 for t in thetas],
@@ -134,7 +134,7 @@ def fig1(table: pd.DataFrame, images, *, item: int, thetas, family: str = "gauss
     ax.set_ylabel("q(h_θ ⋆ x) − q(x)  [nats]")
     ax.legend(loc="upper right")
     if title:
-        fig.suptitle(title, y=1.0)
+        fig.suptitle(title, y=1.04)  # above the two-line panel titles
     return fig
 
 
@@ -268,9 +268,10 @@ def _observation(ax, y, x_shape) -> None:
 
 
 def fig4(blocks):
-    """Algorithm 1's iterates as the paper's Figure 4 draws them: blocks one above the other, each two rows (the
-    images x_n and the kernels h(θ_n), kernels scaled to their maximum) and the columns "Initialisation" (n = 0: x_0
-    and h(θ_0), y's footprint dashed on x_0), the block's iterations n, and "true signal" (x̄, h̄).
+    """Algorithm 1's iterates as the paper's Figure 4 draws them: blocks one above the other, each under its label,
+    two rows (the images x_n and the kernels h(θ_n), kernels scaled to their maximum) and the columns
+    "Initialisation" (n = 0: x_0 and h(θ_0), y's footprint dashed on x_0), the block's iterations n, and "true
+    signal" (x̄, h̄).
 
     ``blocks``: dicts with ``run`` (a :func:`load_run` dict of one problem), ``x_true`` (C, H, W), ``h_true``
     (K, K), ``y`` (C, H - K + 1, W - K + 1), ``iterations`` (the outer iterations shown; each must have been
@@ -279,8 +280,8 @@ def fig4(blocks):
     use_style()
     ncol = max(len(b["iterations"]) for b in blocks) + 2
     rows = 2 * len(blocks)
-    fig = plt.figure(figsize=(WIDTH, WIDTH / ncol * (rows + 0.35 * len(blocks))))
-    outer = fig.add_gridspec(len(blocks), 1, hspace=0.28)
+    fig = plt.figure(figsize=(WIDTH, WIDTH / ncol * (rows + 0.55 * len(blocks))))
+    outer = fig.add_gridspec(len(blocks), 1, hspace=0.42)
     for r, block in enumerate(blocks):
         run, item = block["run"], block.get("item", 0)
         its = [int(i) for i in run["traj_iteration"]]
@@ -297,8 +298,10 @@ def fig4(blocks):
             ax_x.set_title(title, fontsize=6)
             if j == 0:
                 _mark_footprint(ax_x, run["traj_x"].shape[-2:], np.shape(block["y"])[-2:])
-                ax_x.set_ylabel(f"{block['label']}\nx", fontsize=6)
+                ax_x.set_ylabel("x", fontsize=6)
                 ax_h.set_ylabel("h", fontsize=6)
+                ax_x.text(0, 1.32, block["label"], transform=ax_x.transAxes, ha="left", va="bottom", fontsize=6.5,
+                          weight="bold")  # the block's heading, above its column titles
         ax_x, ax_h = fig.add_subplot(grid[0, ncol - 1]), fig.add_subplot(grid[1, ncol - 1])
         _image(ax_x, block["x_true"])
         _kernel(ax_h, block["h_true"])
