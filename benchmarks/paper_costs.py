@@ -194,7 +194,12 @@ def paper_work(config: dict, nfe: float) -> dict:
     jobs = forwards = 0
     for run in d["runs"]:  # one batched job per (run, start), all pairs; plus the continuation of each run
         spec = dict(d["algorithm1"][run])
-        p = preset(spec.pop("preset"), **spec, sigma=d["sigma"])
+        selected = {k: spec.pop(k) for k in ("pairs", "starts") if k in spec}  # a run of some pairs and starts only:
+        p = preset(spec.pop("preset"), **spec, sigma=d["sigma"])  # one job per pair and start, no continuation
+        if selected:
+            n = len(selected.get("pairs", range(pairs))) * len(selected.get("starts", d["starts"]))
+            jobs, forwards = jobs + n, forwards + n * forwards_per_problem(p)
+            continue
         jobs, forwards = jobs + starts, forwards + pairs * starts * forwards_per_problem(p)
         if cont:
             pc = dataclasses.replace(p, **{k: v for k, v in cont.items() if k != "start"})
