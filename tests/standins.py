@@ -287,7 +287,9 @@ def write_shard(path: Path, resolution: int, labels=None, first_row: int = 0) ->
     from PIL import Image
 
     cells = []
-    for i, a in enumerate(_pictures(resolution)):
+    pictures = _pictures(resolution)
+    shift = first_row // ROWS % ROWS  # each file starts on another picture: images drawn from several files differ
+    for i, a in enumerate(pictures[shift:] + pictures[:shift]):
         buf = io.BytesIO()
         Image.fromarray(a).save(buf, format="PNG")
         cells.append({"bytes": buf.getvalue(), "path": f"{first_row + i:05d}.png"})
