@@ -177,31 +177,38 @@ def test_paper_workflow_runs_end_to_end_on_full_size_standins(standins, serve, t
     shown = [ax.get_title() for ax in fig.axes if ax.axison]
     assert shown == [f"{t} (1 images)" for t in titles]
 
-    # Figures 4 and 5 redrawn from the run's files as their scripts draw them: the paper's blocks (the smoke run's
-    # iterations) and the paper's rows and columns (tests/test_paper_figures.py holds the paper's layout)
+    check_figures_4_5(repo, merged, paper)
+
+    assert not list(repo.rglob("*.part"))
+    assert "Nothing to be done" in snakemake(repo, "-n", *CONFIGS, env=env).stdout
+
+
+def check_figures_4_5(repo: Path, merged: dict, paper: dict) -> None:
+    """Figures 4 and 5 redrawn from a run's files as their scripts draw them: the paper's blocks (with the smoke run's
+    iterations) and the paper's rows and columns (tests/test_paper_figures.py holds the paper's layout)."""
+    import numpy as np
+
+    from diractrap import figures
     from diractrap.problems import pair_title
     from test_paper_figures import check_fig4, check_fig5
 
+    d, out = merged["deconv"], repo / "results/paper/deconv/ffhq256"
     blocks = merged["figures"]["fig4"]["blocks"]
     assert [(b["run"], b["pair"], b["start"]) for b in blocks] == [(b["run"], b["pair"], b["start"])
                                                                     for b in paper["figures"]["fig4"]["blocks"]]
     drawn = []
     for b in blocks:
-        with np.load(repo / f"results/paper/deconv/ffhq256/pair{b['pair']}/problem.npz") as z:
+        with np.load(out / f"pair{b['pair']}/problem.npz") as z:
             truth = {k: z[k] for k in ("x_true", "h_true", "y")}
-        run = figures.load_run(repo / f"results/paper/deconv/ffhq256/{b['run']}/pair{b['pair']}/{b['start']}.npz")
-        drawn.append(dict(truth, run=run, iterations=b["iterations"],
-                          label=f"{pair_title(d['pairs'][b['pair']])}, {b['start']} start"))
+        drawn.append(dict(truth, run=figures.load_run(out / f"{b['run']}/pair{b['pair']}/{b['start']}.npz"),
+                          iterations=b["iterations"], label=f"{pair_title(d['pairs'][b['pair']])}, {b['start']} start"))
     check_fig4(figures.fig4(drawn), blocks, d["pairs"])
     columns = []
     for p in paper["figures"]["fig5"]["pairs"]:
-        r = figures.load_run(repo / f"results/paper/deconv/ffhq256/authors/pair{p}/wide.npz")
-        with np.load(repo / f"results/paper/deconv/ffhq256/pair{p}/problem.npz") as z:
+        r = figures.load_run(out / f"{paper['figures']['fig5']['run']}/pair{p}/wide.npz")
+        with np.load(out / f"pair{p}/problem.npz") as z:
             columns.append(dict(x_true=z["x_true"], h_true=z["h_true"], y=z["y"], x_hat=r["x"][0], h_hat=r["h"][0]))
     check_fig5(figures.fig5(columns), len(d["pairs"]))
-
-    assert not list(repo.rglob("*.part"))
-    assert "Nothing to be done" in snakemake(repo, "-n", *CONFIGS, env=env).stdout
 
 
 # ---------------------------------------------------------------------------------------------------------------
