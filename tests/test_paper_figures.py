@@ -61,7 +61,8 @@ def fig4_layout(fig) -> list[dict]:
 
 
 def fig5_layout(fig) -> dict:
-    n_cols = sum(1 for ax in fig.axes if ax.get_title())
+    top = fig.axes[0].get_position().y0
+    n_cols = sum(1 for ax in fig.axes if ax.get_position().y0 == top)  # the panels of the first row
     rows = [ax.get_ylabel() for ax in fig.axes[::n_cols]]
     return {"rows": rows, "columns": n_cols, "titles": [ax.get_title() for ax in fig.axes[:n_cols]]}
 
