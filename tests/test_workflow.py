@@ -351,12 +351,15 @@ def test_reduced_demo_through_slurm_equals_the_local_run(repo_factory, reduced_r
 
 
 def test_schema_knows_every_algorithm1_parameter():
-    """A run's keys are a preset name and Algorithm1Params' fields (sigma excepted: it is deconv.sigma)."""
+    """A run's keys are a preset name, Algorithm1Params' fields (sigma excepted: it is deconv.sigma) and the
+    selection of pairs and starts it runs (common.smk's RUN_SELECTIONS, popped before the preset is built)."""
     import dataclasses
 
     from diractrap.deconv import PRESETS, Algorithm1Params
 
     schema = yaml.safe_load((ROOT / "workflow/schemas/config.schema.yaml").read_text())
     run = schema["$defs"]["algorithm1_run"]["properties"]
-    assert set(run) == {f.name for f in dataclasses.fields(Algorithm1Params)} - {"sigma"} | {"preset"}
+    selections = {"pairs", "starts"}
+    assert set(run) == {f.name for f in dataclasses.fields(Algorithm1Params)} - {"sigma"} | {"preset"} | selections
+    assert not selections & {f.name for f in dataclasses.fields(Algorithm1Params)}  # never a parameter's name
     assert set(run["preset"]["enum"]) == set(PRESETS)
