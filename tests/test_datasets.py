@@ -222,7 +222,7 @@ def test_class_coverage_of_the_imagenet_and_afhq_selections(capsys):
     rng = np.random.default_rng(0)
     per_class = rng.integers(732, 1301, 1000)  # ImageNet-1k train: 732 to 1300 images per class
     imagenet = np.repeat(np.arange(1000), per_class)
-    afhq = np.repeat([0, 1, 2], [5558, 5169, 5076])  # cat, dog, wild: 15,803 rows as the AFHQv2 mirror
+    afhq = np.repeat([0, 1, 2], [5558, 5169, 5076])  # cat, dog, wild: 15,803 rows as the mirror (split assumed)
     lines = []
     for name, labels, n_files, classes in (("imagenet64", imagenet, 5, 1000), ("afhq64", afhq, 13, 3)):
         for order, lab in (("class order", labels), ("shuffled", rng.permutation(labels))):
