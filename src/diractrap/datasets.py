@@ -5,9 +5,9 @@ parquet mirrors on the Hugging Face hub at a pinned revision, drawn across the w
 of the mirrors are reported or likely to be stored in class order), and make the 64 x 64 sets the way EDM's
 ``dataset_tool.py`` made its training sets: FFHQ and AFHQv2 downsampled with PIL's Lanczos filter, ImageNet
 centre-cropped to a square and then downsampled (the ImageNet mirror is already 64 x 64, reportedly made that way;
-the same transform leaves it unchanged). Which rows are drawn is a function of the pinned files and the image count alone, so a rerun draws the
-same images, and the files to download follow from it (:func:`plan_shards`): unlabelled sets are spread over the
-split's files, labelled ones draw a stated number of images per class (:data:`DATASETS`).
+the same transform leaves it unchanged). Which rows are drawn is a function of the pinned files and the image count
+alone, so a rerun draws the same images, and the files to download follow from it (:func:`plan_shards`): unlabelled
+sets are spread over the split's files, labelled ones draw a stated number of images per class (:data:`DATASETS`).
 
 Every image set, paper or demo, is stored in one file format (an ``.npz``, see :class:`ImageSet`) that the
 workflow's sweep and deconvolution jobs read. The demo crops themselves (and image file input/output) belong to
