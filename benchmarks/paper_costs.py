@@ -166,22 +166,94 @@ def load_config(*paths) -> dict:
     return config
 
 
-def paper_work(config: dict, nfe: float) -> dict:
+def rates(fraction_fp32: float | None = None) -> dict:
+    """Sustained TFLOP/s per precision on an H100 SXM: diractrap.calibration's peaks x assumed utilisation (FP32
+    ``fraction_fp32`` of its peak if given), the same numbers a calibration's cost model uses on a GPU."""
+    from diractrap.calibration import GPU_PEAK_TFLOPS, GPU_UTILISATION
+
+    out = {p: GPU_PEAK_TFLOPS[p] * GPU_UTILISATION[p] for p in GPU_PEAK_TFLOPS}
+    if fraction_fp32 is not None:
+        out["fp32"] = GPU_PEAK_TFLOPS["fp32"] * fraction_fp32
+    return out
+
+
+def sweep_choice(config: dict, nfe: float, calibration_table=None, tflops: dict | None = None) -> dict:
+    """What a sweep row costs: {"nfe", "n_probes", "precision", "source"}. Explicit settings: their own (an
+    adaptive solver at ``nfe`` evaluations, the projection's assumption). ``sweep.potential: calibrate``: the row a
+    calibration table (a results/potential/<model>.calibration.csv) picks once its costs are those of an H100
+    (evaluations x (1 + probes) / the precision's sustained rate; the FLOPs per evaluation cancel)."""
+    pot = config["sweep"]["potential"]
+    if pot != "calibrate":
+        opt = dict(pot)
+        evals = 2 * opt.get("steps", 128) if opt.get("solver") == "heun" else nfe
+        return dict(nfe=evals, n_probes=opt.get("n_probes", 2), precision=opt.get("precision", "fp32"),
+                    source="config")
+    if calibration_table is None:
+        raise ValueError("sweep.potential is 'calibrate': pass a calibration table (--calibration)")
+    import pandas as pd
+
+    from diractrap.calibration import pick
+
+    t = pd.read_csv(calibration_table)
+    tflops = tflops or rates()
+    t["seconds"] = t["nfe"] * (1 + t["n_probes"]) / t["precision"].map(tflops)
+    row = t.loc[pick(t)]
+    return dict(nfe=int(row["nfe"]), n_probes=int(row["n_probes"]), precision=row["precision"],
+                source=f"{Path(calibration_table).name}: {row['solver']} {int(row['steps'])} steps")
+
+
+FP32_SWEEP = dict(solver="tsit5", rtol=1e-5, atol=1e-5, n_probes=2, precision="fp32")  # the projection before issue 20
+
+
+def fp32_config(config: dict) -> dict:
+    """The config as it was costed before calibration: the sweep at FP32_SWEEP, Statement 1 likewise, every
+    Algorithm 1 run in fp32, no calibration or audit jobs."""
+    import copy
+
+    c = copy.deepcopy(config)
+    c["sweep"]["potential"] = dict(FP32_SWEEP)
+    c["deconv"]["statement1"]["potential"] = dict(FP32_SWEEP)
+    for run in c["deconv"]["algorithm1"].values():
+        run["precision"] = "fp32"
+    return c
+
+
+def paper_work(config: dict, nfe: float, choice: dict | None = None) -> dict:
     """Network evaluations of every job kind of the paper run, per image, in forward-equivalents by architecture.
 
-    Returns {job kind: {"jobs": n, "arch": {kind: (forwards, vjps)}}}: counts of forwards and VJPs (image-level)."""
+    ``nfe``: the evaluations assumed for an adaptive solve (explicit sweep settings, the calibration's reference,
+    the audits, Statement 1); ``choice``: the sweep rows' settings (:func:`sweep_choice`; default the config's).
+    Returns {job kind: {"jobs": n, "arch": kind, "forwards": n, "vjps": n, "precision": p}}, image-level counts."""
     import dataclasses
 
     sweep = config["sweep"]
-    probes = sweep["potential"]["n_probes"]
+    choice = choice or sweep_choice(config, nfe)
+    calibrate = sweep["potential"] == "calibrate"
     thetas = sum(len(f["thetas"]) for f in sweep["families"])
     work = {}
     for m in sweep["models"]:
+        arch = MODEL_ARCH[config["models"][m]["prior"]]
         images = config["image_sets"][config["models"][m]["images"]]["count"]
-        n = images * thetas * nfe  # image-evaluations of the ODE drift
+        n = images * thetas * choice["nfe"]  # image-evaluations of the ODE drift
         chunks = -(-images // sweep["chunk"]) * len(sweep["families"])
-        work[f"sweep_chunk {m}"] = {"jobs": chunks, "arch": MODEL_ARCH[config["models"][m]["prior"]],
-                                    "forwards": n, "vjps": n * probes}
+        work[f"sweep_chunk {m}"] = {"jobs": chunks, "arch": arch, "forwards": n, "vjps": n * choice["n_probes"],
+                                    "precision": choice["precision"]}
+        if not calibrate:
+            continue
+        cal = sweep["calibration"]
+        items = len(cal["images"]) * len(next(f["thetas"] for f in sweep["families"] if f["family"] == cal["family"]))
+        ref_probes = cal["reference"].get("n_probes", 2)
+        work[f"calibrate {m} (reference)"] = {"jobs": 1, "arch": arch, "forwards": items * nfe,
+                                              "vjps": items * nfe * ref_probes, "precision": "fp32"}
+        lad = cal["ladder"]
+        for p in lad.get("precisions", ["fp32", "bf16"]):
+            n = items * sum(2 * s for s in lad["steps"])
+            work[f"calibrate {m} (ladder, {p})"] = {"jobs": 0, "arch": arch, "forwards": n,
+                                                    "vjps": n * max(lad["n_probes"]), "precision": p}
+        quantity = cal["budget"].get("quantity", "differences")
+        per_audit = 2 if quantity == "steps" else thetas / len(sweep["families"])
+        work[f"audit {m}"] = {"jobs": 0, "arch": arch, "forwards": chunks * per_audit * nfe,
+                              "vjps": chunks * per_audit * nfe * ref_probes, "precision": "fp32"}
     from diractrap.deconv import preset
 
     d = config["deconv"]
@@ -191,34 +263,44 @@ def paper_work(config: dict, nfe: float) -> dict:
     def forwards_per_problem(p):  # one forward per x-step, plus the final D(z) of each Douglas-Rachford inner loop
         return sum(p.inner_steps(n) + (p.inner == "douglas-rachford") for n in range(p.n_ext))
 
-    jobs = forwards = 0
+    by_precision = {}
+    jobs = 0
     for run in d["runs"]:  # one batched job per (run, start), all pairs; plus the continuation of each run
         spec = dict(d["algorithm1"][run])
         selected = {k: spec.pop(k) for k in ("pairs", "starts") if k in spec}  # a run of some pairs and starts only:
         p = preset(spec.pop("preset"), **spec, sigma=d["sigma"])  # one job per pair and start, no continuation
         if selected:
             n = len(selected.get("pairs", range(pairs))) * len(selected.get("starts", d["starts"]))
-            jobs, forwards = jobs + n, forwards + n * forwards_per_problem(p)
+            jobs += n
+            by_precision[p.precision] = by_precision.get(p.precision, 0) + n * forwards_per_problem(p)
             continue
-        jobs, forwards = jobs + starts, forwards + pairs * starts * forwards_per_problem(p)
+        f = pairs * starts * forwards_per_problem(p)
+        jobs += starts
         if cont:
             pc = dataclasses.replace(p, **{k: v for k, v in cont.items() if k != "start"})
-            jobs, forwards = jobs + 1, forwards + pairs * forwards_per_problem(pc)
-    work["algorithm1"] = {"jobs": jobs, "arch": arch, "forwards": forwards, "vjps": 0}
+            jobs, f = jobs + 1, f + pairs * forwards_per_problem(pc)
+        by_precision[p.precision] = by_precision.get(p.precision, 0) + f
+    for prec, f in sorted(by_precision.items()):
+        key = "algorithm1" if len(by_precision) == 1 else f"algorithm1 ({prec})"
+        work[key] = {"jobs": jobs, "arch": arch, "forwards": f, "vjps": 0, "precision": prec}
     pairs = len(d["pairs"])
-    work["statement1"] = {"jobs": 1, "arch": arch, "forwards": pairs * d["statement1"]["n_iter_delta"] + 3 * pairs * nfe,
-                          "vjps": 3 * pairs * nfe * probes}
+    s1 = d["statement1"].get("potential") or ({} if calibrate else dict(sweep["potential"]))
+    s1_nfe = 2 * s1.get("steps", 128) if s1.get("solver", "tsit5") == "heun" else nfe
+    s1_probes = s1.get("n_probes", 2)
+    work["statement1"] = {"jobs": 1, "arch": arch, "forwards": pairs * d["statement1"]["n_iter_delta"] + 3 * pairs * s1_nfe,
+                          "vjps": 3 * pairs * s1_nfe * s1_probes, "precision": "fp32"}
     return work
 
 
-def projection(config: dict, gflop: dict, nfe: float, fraction: float) -> list[dict]:
-    rate = fraction * H100_FP32_TFLOPS * 1e12  # FLOP/s sustained
+def projection(config: dict, gflop: dict, nfe: float, tflops: dict, choice: dict | None = None) -> list[dict]:
+    """GPU hours per job kind: FLOPs of :func:`paper_work` over the sustained rate of each item's precision."""
     rows = []
-    for kind, w in paper_work(config, nfe).items():
+    for kind, w in paper_work(config, nfe, choice).items():
         f = gflop[w["arch"]]
         total = 1e9 * (w["forwards"] * f["forward_GFLOP"] + w["vjps"] * (f["forward_vjp_GFLOP"] - f["forward_GFLOP"]))
-        rows.append(dict(kind=kind, jobs=w["jobs"], pflop=total / 1e15, gpu_hours=total / rate / 3600,
-                         minutes_per_job=total / rate / 60 / w["jobs"]))
+        rate = tflops[w["precision"]] * 1e12  # FLOP/s sustained
+        rows.append(dict(kind=kind, jobs=w["jobs"], precision=w["precision"], pflop=total / 1e15,
+                         gpu_hours=total / rate / 3600, minutes_per_job=total / rate / 60 / max(w["jobs"], 1)))
     return rows
 
 
@@ -233,8 +315,12 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2, help="torch threads per measurement (the smoke run uses 2)")
     p.add_argument("--nfe", type=float, nargs="+", default=[250, 1000],
                    help="ODE evaluations per potential assumed (dopri5 1e-5: not known before a real run)")
-    p.add_argument("--fraction", type=float, default=0.3, help="sustained fraction of the H100 FP32 peak assumed")
+    p.add_argument("--fraction", type=float, default=0.3, help="sustained fraction of the H100 FP32 peak assumed "
+                   "(the tensor-core precisions: diractrap.calibration.GPU_UTILISATION)")
     p.add_argument("--config", type=Path, default=ROOT / "config/paper.yaml")
+    p.add_argument("--calibration", type=Path, default=None,
+                   help="a calibration table (results/potential/<model>.calibration.csv) whose choice under H100 "
+                   "costs the sweep rows use (sweep.potential: calibrate)")
     p.add_argument("--worker", nargs=2, metavar=("JOB", "ARG"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
@@ -272,18 +358,29 @@ def main(argv=None) -> int:
               f"x-step | {r['seconds']:.1f} | {r['peak_mb']:.0f} |", flush=True)
         print(f"\nload average after the measurements: {os.getloadavg()[0]:.1f}")
 
-    rate = args.fraction * H100_FP32_TFLOPS
+    tflops = rates(args.fraction)
+    fp32 = fp32_config(config)
+    print(f"\nSustained H100 rates assumed (TFLOP/s): " + ", ".join(f"{p} {r:.1f}" for p, r in tflops.items()) +
+          " (diractrap.calibration: peak x utilisation; FP32 at --fraction)")
     for nfe in args.nfe:
-        rows = projection(config, gflop, nfe, args.fraction)
-        print(f"\nProjected H100 time of {args.config.name} at {args.fraction:.0%} of the FP32 peak "
-              f"({rate:.1f} TFLOP/s sustained), {nfe:g} NFE per potential:\n")
-        print("| job kind | jobs | PFLOP | GPU hours | minutes per job |")
-        print("|---|---|---|---|---|")
-        for r in rows:
-            print(f"| {r['kind']} | {r['jobs']} | {r['pflop']:.0f} | {r['gpu_hours']:.1f} | {r['minutes_per_job']:.0f} |")
-        total = sum(r["gpu_hours"] for r in rows)
-        print(f"| **total** | {sum(r['jobs'] for r in rows)} | {sum(r['pflop'] for r in rows):.0f} | "
-              f"**{total:.1f}** | |")
+        runs = [("FP32, before calibration: sweep tsit5 1e-5 with 2 probes, every network evaluation in fp32", fp32,
+                 None)]
+        if config["sweep"]["potential"] == "calibrate" and args.calibration:
+            choice = sweep_choice(config, nfe, args.calibration, tflops)
+            runs.append((f"calibrated: sweep rows at {choice['source']}, {choice['n_probes']} probe(s), "
+                         f"{choice['precision']} (the demo prior's calibration: the real checkpoints pick their own)",
+                         config, choice))
+        for title, cfg, choice in runs:
+            rows = projection(cfg, gflop, nfe, tflops, choice)
+            print(f"\nProjected H100 time of {args.config.name}, {title}; adaptive solves at {nfe:g} NFE:\n")
+            print("| job kind | jobs | precision | PFLOP | GPU hours | minutes per job |")
+            print("|---|---|---|---|---|---|")
+            for r in rows:
+                print(f"| {r['kind']} | {r['jobs']} | {r['precision']} | {r['pflop']:.1f} | {r['gpu_hours']:.2f} | "
+                      f"{r['minutes_per_job']:.0f} |")
+            total = sum(r["gpu_hours"] for r in rows)
+            print(f"| **total** | {sum(r['jobs'] for r in rows)} | | {sum(r['pflop'] for r in rows):.0f} | "
+                  f"**{total:.2f}** | |")
     return 0
 
 

@@ -9,7 +9,7 @@ Priors at the demo workflow's size (32 x 32 x 3):
 - demo: the trained demo prior (EDM DDPM++ SongUNet, ~1.7 M parameters, [-1, 1], sigma in [0.002, 80]); the
   converged value is a dopri5 solve with state control at rtol = atol = --network-ref (1e-6);
 - network (--priors network): the same architecture with random weights, every parameter perturbed by
-  0.05 N(0, 1) as in shared/golden (the table of issue 2); also measures the solver's overhead.
+  0.05 N(0, 1) as in tests/fixtures/golden (the table of issue 2); also measures the solver's overhead.
 The batch: 3 demo test crops, then crop 1 blurred by Gaussians of std 0.5, 1, 2 px (reflect boundary) -- the
 Claim-1 sweep in miniature: the blurred images reuse crop 1's probe (common random numbers), and "diff error" is
 the largest relative error of the steps q(h_theta * x) - q(h_theta' * x) between consecutive thetas.
@@ -241,16 +241,13 @@ NCSNPP = [("dopri5 state 1e-5 (former configs)", dict(solver="dopri5", control="
 
 
 def run_golden_ncsnpp(args) -> list[dict]:
-    """score_sde's own numbers on its tiny NCSN++ (shared/golden): our solvers on the same two images and probe,
+    """score_sde's own numbers on its tiny NCSN++ (tests/fixtures/golden): our solvers on the same two images and probe,
     against score_sde's rtol = 1e-7 answer; score_sde's 1e-5 solve (3422 NFE, 98 s, batch 2) is the reference."""
     from pathlib import Path
 
     from diractrap.models.loading import load_denoiser
 
-    golden = Path(os.environ.get("DIRACTRAP_SHARED", Path(__file__).resolve().parents[2] / "shared")) / "golden"
-    if not golden.is_dir():
-        print(f"\n(no {golden}: skipping the score_sde NCSN++ comparison)")
-        return []
+    golden = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "golden"  # committed with the repository
     lik = torch.load(golden / "ncsnpp_ve_tiny_likelihood.pt", weights_only=True)
     meta = json.loads((golden / "ncsnpp_ve_tiny_likelihood.json").read_text())
     config = json.loads((golden / "ncsnpp_ve_tiny_loader_config.json").read_text())
@@ -278,7 +275,8 @@ def main():
     ap.add_argument("--quick", action="store_true", help="fewer settings, Gaussian prior only (smoke run)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1: stable timings on a shared machine)")
     ap.add_argument("--n-ref", type=int, default=1, help="images solved by the scipy reference (batch 1 each)")
-    ap.add_argument("--ncsnpp", action="store_true", help="also score_sde's tiny NCSN++ from ../shared/golden (~4 min)")
+    ap.add_argument("--ncsnpp", action="store_true",
+                    help="also score_sde's tiny NCSN++ (tests/fixtures/golden; ~4 min)")
     ap.add_argument("--priors", nargs="+", default=["gaussian", "demo"], choices=["gaussian", "demo", "network"],
                     help="gaussian (closed form), demo (the trained demo prior), network (the demo architecture with "
                     "random weights)")

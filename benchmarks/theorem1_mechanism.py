@@ -80,7 +80,7 @@ def main():
     show("Theorem 1 diagnostics on the mixture (exact q)", rows,
          ["truth", "grad_norm", "dq_blur", "dq_dt_path", "curv_blur", "lam_min", "lam_max", "n_kernel", "j_smin",
           "angle7", "angle9", "second_order", "cond8"])
-    algos = {"authors": preset("authors", n_ext=n_ext),  # the authors' loop; n_ext shortened (their r_n spans it)
+    algos = {"authors": preset("authors", n_ext=n_ext),  # the authors' loop; n_ext shortened, their step budget kept
              "converged": converged_params(mix, truths, K, n_ext=n_ext, n_in=20 if args.quick else 100,
                                            n_in_first=300 if args.quick else 2000)}
     print(f"converged variant: gamma_x {algos['converged'].gamma_x:.4g}, gamma_h {algos['converged'].gamma_h:.4g} "

@@ -1,4 +1,4 @@
-"""Test-session settings: no network for model hubs, one place for the shared fixtures' location."""
+"""Test-session settings: no network for model hubs, one place for the golden fixtures' location."""
 
 import os
 from pathlib import Path
@@ -8,17 +8,8 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a model hub; download tests use 127.0.0.1
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("DIRACTRAP_SHARED", ROOT.parent / "shared"))  # CI puts shared/ beside the checkout
-GOLDEN = SHARED / "golden"
 FIXTURES = Path(__file__).parent / "fixtures"
-
-
-def shared_file(*parts) -> Path:
-    """A file under ../shared, or skip the test with a message naming the missing path."""
-    path = SHARED.joinpath(*parts)
-    if not path.exists():
-        pytest.skip(f"shared fixture {path} is not present (it ships beside the CI checkout, not in the repository)")
-    return path
+GOLDEN = FIXTURES / "golden"  # outputs of the original codes, in the repository (its README says where each came from)
 
 
 @pytest.fixture

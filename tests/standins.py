@@ -23,7 +23,7 @@ What is written (the names are the registry's and diractrap.datasets.SHARDS', so
   pictures are the photographs bundled with scikit-image (no download), cropped and resized.
 - ``manifest.json`` (last, atomically): size and sha256 of every file. Its presence marks a complete set.
 
-Every parameter name and shape comes from ../shared/golden/fullsize_manifests.json (the original codes' full-size
+Every parameter name and shape comes from tests/fixtures/golden/fullsize_manifests.json (the original codes' full-size
 networks) and is checked against our architectures before anything is written. Values: N(0, 1/fan_in) weights,
 small biases, unit norm scales, the exact resample filters and sigma table: the networks give finite, O(1) outputs.
 """
@@ -46,7 +46,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from conftest import ROOT, SHARED  # tests/ is on sys.path here: under pytest, as a script, and in benchmarks/
+from conftest import GOLDEN, ROOT  # tests/ is on sys.path here: under pytest, as a script, and in benchmarks/
 
 sys.path.insert(0, str(ROOT / "src"))
 
@@ -55,7 +55,7 @@ from diractrap.datasets import SHARDS, SPLITS, split_shards  # noqa: E402
 from diractrap.models import REGISTRY  # noqa: E402
 
 VERSION = 1  # bump when the generated files change: the cache directory is per version
-MANIFESTS = SHARED / "golden" / "fullsize_manifests.json"
+MANIFESTS = GOLDEN / "fullsize_manifests.json"
 CACHE_ENV = "DIRACTRAP_STANDINS"  # where the set is cached (default ~/.cache/diractrap/standins-v<VERSION>)
 ROWS = 8  # rows per dataset shard
 
@@ -96,7 +96,7 @@ def _value(key: str, shape, gen: torch.Generator) -> torch.Tensor:
 def _manifest(name: str) -> dict:
     if not MANIFESTS.is_file():
         raise FileNotFoundError(f"{MANIFESTS} is missing: the stand-ins take every name and shape from it "
-                                "(../shared/golden beside the checkout, or $DIRACTRAP_SHARED)")
+                                "(it is committed: restore it with git checkout)")
     return json.loads(MANIFESTS.read_text())[name]
 
 

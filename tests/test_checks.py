@@ -186,13 +186,11 @@ def test_demo_network_names_the_multiple_it_needs():
         potential(den, x, steps=2)
     with pytest.raises(ValueError, match="takes 3"):
         potential(den, torch.full((1, 1, 32, 32), 0.5), steps=2)
-    # y 22 x 22 with K = 11 gives x 32 x 32: accepted; y 23 x 23 (x 33) is refused naming y's sizes
-    y = photo(23)[None]
-    with pytest.raises(ValueError, match=r"would be 33x33 .* divisible by 4: crop y to 22x22"):
-        algorithm1(den, y, "wide", kernel_size=11, params=Algorithm1Params(n_ext=1, n_in=1), progress=False)
-    res = algorithm1(den, y[..., :22, :22], "wide", kernel_size=11, params=Algorithm1Params(n_ext=1, n_in=1),
+    # Algorithm 1 takes any size: y 23 x 23 with K = 11 gives x 33 x 33, which the network sees extended to 36 x 36
+    # (diractrap.domain; tests/test_domain.py)
+    res = algorithm1(den, photo(23)[None], "wide", kernel_size=11, params=Algorithm1Params(n_ext=1, n_in=1),
                      progress=False)
-    assert res.x.shape == (1, 3, 32, 32)
+    assert res.x.shape == (1, 3, 33, 33) and res.settings["domain"]["network"] == [3, 36, 36]
 
 
 def test_ncsnpp_geometry_is_read_from_its_config():
@@ -379,8 +377,8 @@ def test_cli_failed_command_leaves_no_output_directory(tmp_path, capsys, gauss16
     """A failure after --out was created (here: the prior refuses the size) removes the new, empty directory."""
     name, built = gauss16
     out = tmp_path / "new" / "run"
-    assert cli.main(["deblur", blurry, "--model", name, "--out", str(out), "--kernel-size", "3", "--n-ext", "1",
-                     "--no-progress"]) == 1  # x would be 14 x 14; the prior is defined on 16 x 16 only
+    assert cli.main(["deblur", blurry, "--model", name, "--out", str(out), "--kernel-size", "7", "--n-ext", "1",
+                     "--preset", "paper", "--no-progress"]) == 1  # x would be 18 x 18; the prior has 16 x 16 only
     assert "defined on 3x16x16 images only" in capsys.readouterr().err
     assert built and not (tmp_path / "new").exists()
 

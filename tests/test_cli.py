@@ -3,9 +3,11 @@ usage errors and every sub-command's --help. In-process and parse-only (no prior
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import functools
 import inspect
+import re
 import typing
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -83,7 +85,7 @@ _DEBLUR = ["deblur", "blurry.png", "--model", "demo", "--out", "run"]
 def _sample(kind, name: str):
     """A command-line value of type ``kind``, valid for Algorithm1Params and not the paper preset's."""
     strings = {"pad": "reflect", "inner": "douglas-rachford", "kernel_step": "projected",
-               "kernel_schedule": "log-relative"}
+               "kernel_schedule": "log-relative", "precision": "bf16"}
     if typing.get_origin(kind) is tuple:
         return ["0.5", "0.25"], (0.5, 0.25)
     kind = next(a for a in typing.get_args(kind) or (kind,) if a is not type(None))
@@ -123,6 +125,22 @@ def test_every_deblur_value_given_reaches_algorithm1params():
         assert PRESETS["paper"][name] != value, f"{name}: pick a test value the paper preset does not have"
 
 
+@pytest.mark.parametrize("command", ["deblur", "potential", "sweep", "theorem1", "train-demo"])
+def test_no_two_options_share_a_help_text(command):
+    """Each option's help is its own field's: a comment spanning several fields once gave n_in, n_in_first and
+    n_in_warmup one merged text, and one docstring entry rtol and atol. Compared without the notes the generator
+    appends (the presets' values, the defaults)."""
+    texts = {}
+    for action in _subparser(command)._actions:
+        if action.help in (None, argparse.SUPPRESS):
+            continue
+        own = re.split(r" \((?:or none; )?(?:presets: |default: )", action.help)[0]
+        assert own not in texts, f"{action.option_strings} and {texts[own]} share the help {own!r}"
+        texts[own] = action.option_strings
+    if command == "deblur":
+        assert len(texts) > len(dataclasses.fields(Algorithm1Params))  # every field's option was looked at
+
+
 def test_deblur_none_unsets_an_optional_parameter_of_the_preset():
     assert preset("authors").dr_sigma_scale is not None and preset("authors").n_in_first is not None
     args = _parse(_DEBLUR + ["--preset", "authors", "--dr-sigma-scale", "none", "--n-in-first", "None"])
@@ -146,7 +164,7 @@ def test_deblur_bad_value_names_the_option(capsys):
 _HEAD = {"potential": ["potential", "a.png", "--model", "demo"],
          "sweep": ["sweep", "a.png", "--model", "demo", "--family", "gaussian", "--thetas", "0", "--out", "t.csv"]}
 _GIVEN = dict(solver="heun", steps=9, rho=5.0, rtol=0.01, atol=0.02, control="q", divergence="exact",
-              probe="gaussian", n_probes=5, seed=3)
+              probe="gaussian", n_probes=5, seed=3, precision="bf16", max_nfe=500)
 
 
 @pytest.mark.parametrize("command", sorted(_HEAD))
@@ -233,8 +251,8 @@ class _Toy:
     """
 
     count: int = 3  # how many
-    rate: float | None = None  # the rate ...
-    rate_decay: float = 1.0  # ... decayed by this
+    rate: float | None = None  # the rate
+    rate_decay: float = 1.0  # the rate's factor per step
     mode: Literal["a", "b"] = "a"  # shadowed by the docstring's entry
     flag: bool = False
     pair: tuple[float, float] = (1.0, 2.0)
@@ -249,8 +267,8 @@ def test_generator_types_defaults_and_help():
     assert dests == {f.name: f.name for f in dataclasses.fields(_Toy)}
     a = {act.dest: act for act in parser._actions if act.help != "==SUPPRESS=="}
     assert a["count"].help.startswith("how many") and a["named"].help.startswith("from the metadata")
-    assert a["rate"].help.startswith("the rate, decayed by this") and "or none" in a["rate"].help
-    assert a["rate_decay"].help.startswith("the rate, decayed by this")
+    assert a["rate"].help.startswith("the rate (") and "or none" in a["rate"].help  # each comment its own field's
+    assert a["rate_decay"].help.startswith("the rate's factor per step")
     assert a["mode"].help.startswith("how it is done; shadowed") and a["mode"].choices == ["a", "b"]
     assert a["flag"].help.startswith("flag")
     args = parser.parse_args([])

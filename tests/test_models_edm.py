@@ -1,4 +1,4 @@
-"""EDM networks in our code against the golden outputs of NVlabs/edm (../shared/golden), and their protocol.
+"""EDM networks in our code against the golden outputs of NVlabs/edm (tests/fixtures/golden), and their protocol.
 
 Tolerances: the issue asks for 1e-5 relative (max |ours - theirs| / max |theirs|). In float32 our operations are
 those of the original in the same order, so the only admissible differences are float32 rounding (the fixtures
@@ -20,7 +20,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import shared_file
+from conftest import GOLDEN
 from diractrap.models.edm import (
     Conv2d,
     DhariwalUNet,
@@ -49,8 +49,8 @@ def rel_err(ours, theirs) -> float:
 
 
 def golden(name):
-    state = torch.load(shared_file("golden", f"{name}_state_dict.pt"), weights_only=True)
-    io = torch.load(shared_file("golden", f"{name}_io.pt"), weights_only=True)
+    state = torch.load(GOLDEN / f"{name}_state_dict.pt", weights_only=True)
+    io = torch.load(GOLDEN / f"{name}_io.pt", weights_only=True)
     return state, io
 
 
@@ -108,8 +108,8 @@ def test_precond_float64_matches_edm_float64(name):
 
 
 def test_adm_block_with_two_heads_matches_edm():
-    state = torch.load(shared_file("golden", "edm_adm_block_2head_state_dict.pt"), weights_only=True)
-    io = torch.load(shared_file("golden", "edm_adm_block_2head_io.pt"), weights_only=True)
+    state = torch.load(GOLDEN / "edm_adm_block_2head_state_dict.pt", weights_only=True)
+    io = torch.load(GOLDEN / "edm_adm_block_2head_io.pt", weights_only=True)
     block = UNetBlock(**state["init_kwargs"]).eval()
     assert block.num_heads == 2 and block.norm0.num_groups == 32  # 160 channels: the cap of 32 groups applies
     block.load_state_dict(state["block_state_dict"], strict=True)
@@ -126,7 +126,7 @@ def test_adm_block_with_two_heads_matches_edm():
 
 @pytest.mark.parametrize("name", ["edm_ffhq64_afhq64_vp", "edm_imagenet64_adm"])
 def test_fullsize_architecture_matches_manifest(name):
-    entry = json.loads(shared_file("golden", "fullsize_manifests.json").read_text())[name]
+    entry = json.loads((GOLDEN / "fullsize_manifests.json").read_text())[name]
     with torch.device("meta"):
         net = EDMPrecond(**entry["init_kwargs"])
     ours = [(key.removeprefix("model."), list(t.shape)) for key, t in net.state_dict().items()]
@@ -235,13 +235,13 @@ def test_resampling_box_and_nearest():
 
 @pytest.mark.parametrize("name", EDM_NETS)
 def test_load_edm_pickle_matches_edm(name):
-    path = shared_file("golden", f"{name}_snapshot_nosrc.pkl")
+    path = GOLDEN / f"{name}_snapshot_nosrc.pkl"
     _, io = golden(name)
     net = load_edm_pickle(path)
     check_denoiser(net)
     assert all(t.device.type == "cpu" and t.dtype == torch.float32 for t in net.state_dict().values())
     assert not net.training and not any(p.requires_grad for p in net.parameters())
-    index = json.loads(shared_file("golden", "edm_index.json").read_text())["fixtures"][name]
+    index = json.loads((GOLDEN / "edm_index.json").read_text())["fixtures"][name]
     assert net.info["sha256"] == index["files"][path.name]["sha256"]
     assert rel_err(net(io["x"], io["sigma"], io["class_labels"]), io["D_float32"]) <= RTOL32
     labels = None if io["class_labels"] is None else io["class_labels"].double()
@@ -249,7 +249,7 @@ def test_load_edm_pickle_matches_edm(name):
 
 
 def test_load_edm_pickle_fixed_class_label():
-    path = shared_file("golden", "edm_adm_snapshot_nosrc.pkl")
+    path = GOLDEN / "edm_adm_snapshot_nosrc.pkl"
     _, io = golden("edm_adm")
     with pytest.raises(ValueError, match="class-conditional"):
         load_edm_pickle(path)(io["x"], io["sigma"])

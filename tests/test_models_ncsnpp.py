@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import shared_file
+from conftest import GOLDEN
 from diractrap.models.download import ChecksumError
 from diractrap.models.loading import load_denoiser
 from diractrap.models.ncsnpp import (
@@ -26,11 +26,11 @@ CKPT = "ncsnpp_ve_tiny_checkpoint.pth"
 
 
 def loader_config() -> dict:
-    return json.loads(shared_file("golden", "ncsnpp_ve_tiny_loader_config.json").read_text())
+    return json.loads((GOLDEN / "ncsnpp_ve_tiny_loader_config.json").read_text())
 
 
 def golden_io() -> dict:
-    return torch.load(shared_file("golden", "ncsnpp_ve_tiny_io.pt"), weights_only=True)
+    return torch.load(GOLDEN / "ncsnpp_ve_tiny_io.pt", weights_only=True)
 
 
 def rel_err(a: torch.Tensor, ref: torch.Tensor) -> float:
@@ -47,7 +47,7 @@ def rel_err(a: torch.Tensor, ref: torch.Tensor) -> float:
 @pytest.mark.parametrize("weights", ["ema", "model"])
 def test_tiny_scores_match_score_sde_float32(weights):
     io = golden_io()
-    den = load_denoiser(shared_file("golden", CKPT), weights=weights, config=loader_config())
+    den = load_denoiser(GOLDEN / CKPT, weights=weights, config=loader_config())
     with torch.no_grad():
         score = den.score(io["x"], io["sigma"])
         D = den(io["x"], io["sigma"])
@@ -61,7 +61,7 @@ def test_tiny_scores_match_score_sde_float32(weights):
 @pytest.mark.parametrize("weights", ["ema", "model"])
 def test_tiny_scores_match_score_sde_float64(weights):
     io = golden_io()
-    den = load_denoiser(shared_file("golden", CKPT), weights=weights, config=loader_config(), dtype=torch.float64)
+    den = load_denoiser(GOLDEN / CKPT, weights=weights, config=loader_config(), dtype=torch.float64)
     with torch.no_grad():
         score = den.score(io["x"].double(), io["sigma"].double())
     # float64 rounding through ~30 layers, amplified by 1/sigma = 100: measured 3e-15; 1e-10 leaves a wide margin
@@ -74,7 +74,7 @@ def test_tiny_scores_match_score_sde_float64(weights):
 def test_tiny_unscaled_output_and_ema_differs(weights):
     """scale_by_sigma=False (a config override) returns the network output before its division by sigma."""
     io = golden_io()
-    den = load_denoiser(shared_file("golden", CKPT), weights=weights, config={**loader_config(), "scale_by_sigma": False})
+    den = load_denoiser(GOLDEN / CKPT, weights=weights, config={**loader_config(), "scale_by_sigma": False})
     with torch.no_grad():
         out = den.score(io["x"], io["sigma"])
     assert rel_err(out, io[f"net_unscaled_{weights}_float32"]) <= 1e-5
@@ -85,8 +85,8 @@ def test_tiny_unscaled_output_and_ema_differs(weights):
 def test_tiny_score_at_sde_time_labels():
     """score_sde's continuous VE score_fn feeds sigma(t) to the network: our score at those sigmas is its output."""
     io = golden_io()
-    stats = json.loads(shared_file("golden", "ncsnpp_ve_tiny_config.json").read_text())["stats"]
-    den = load_denoiser(shared_file("golden", CKPT), config=loader_config())
+    stats = json.loads((GOLDEN / "ncsnpp_ve_tiny_config.json").read_text())["stats"]
+    den = load_denoiser(GOLDEN / CKPT, config=loader_config())
     with torch.no_grad():
         score = den.score(io["x"], io["labels_from_t"])
     # score_sde's score_fn itself differs from its direct network call by stats[...] (float32 sigma(t) rounding);
@@ -95,7 +95,7 @@ def test_tiny_score_at_sde_time_labels():
 
 
 def test_ema_order_is_trainable_parameter_order():
-    meta = json.loads(shared_file("golden", "ncsnpp_ve_tiny_config.json").read_text())
+    meta = json.loads((GOLDEN / "ncsnpp_ve_tiny_config.json").read_text())
     net = build_ncsnpp(loader_config(), device="meta")
     names = [n for n, p in net.named_parameters() if p.requires_grad]
     assert names == [n.removeprefix("module.") for n in meta["ema_shadow_param_names_in_order"]]
@@ -104,8 +104,8 @@ def test_ema_order_is_trainable_parameter_order():
 
 
 def test_denoiser_protocol_and_info():
-    meta = json.loads(shared_file("golden", "ncsnpp_ve_tiny_config.json").read_text())
-    den = load_denoiser(shared_file("golden", CKPT), weights="model", config=loader_config(), name="tiny")
+    meta = json.loads((GOLDEN / "ncsnpp_ve_tiny_config.json").read_text())
+    den = load_denoiser(GOLDEN / CKPT, weights="model", config=loader_config(), name="tiny")
     check_denoiser(den)
     assert (den.sigma_min, den.sigma_max, den.data_range) == (0.01, 348.0, (0.0, 1.0))
     assert den.info["sha256"] == meta["files"][CKPT]["sha256"]  # recorded by the fixture's author
@@ -120,7 +120,7 @@ def test_denoiser_protocol_and_info():
 
 
 def test_nested_score_sde_config_is_accepted():
-    meta = json.loads(shared_file("golden", "ncsnpp_ve_tiny_config.json").read_text())
+    meta = json.loads((GOLDEN / "ncsnpp_ve_tiny_config.json").read_text())
     assert NCSNppConfig.from_dict(meta["config"]) == NCSNppConfig.from_dict(loader_config())
 
 
@@ -139,7 +139,7 @@ def test_config_errors_name_the_field():
 
 
 def test_fullsize_ffhq256_keys_and_shapes():
-    ref = json.loads(shared_file("golden", "fullsize_manifests.json").read_text())["ncsnpp_ffhq256"]
+    ref = json.loads((GOLDEN / "fullsize_manifests.json").read_text())["ncsnpp_ffhq256"]
     net = build_ncsnpp(device="meta")  # FFHQ-256 defaults
     ours = [(k, list(v.shape)) for k, v in net.state_dict().items()]
     assert ours == [(e["key"], e["shape"]) for e in ref["manifest"]]
@@ -152,7 +152,7 @@ def test_fullsize_ffhq256_keys_and_shapes():
 
 
 def _tiny_checkpoint():
-    return torch.load(shared_file("golden", CKPT), weights_only=True)
+    return torch.load(GOLDEN / CKPT, weights_only=True)
 
 
 def test_missing_unexpected_and_mismatched_keys_are_listed(tmp_path):
@@ -173,7 +173,7 @@ def test_missing_unexpected_and_mismatched_keys_are_listed(tmp_path):
 
 def test_wrong_architecture_lists_shape_mismatches():
     with pytest.raises(ValueError, match=r"shape mismatch.*all_modules\.0\.W.*config=dict"):
-        load_denoiser(shared_file("golden", CKPT), weights="model", config={**loader_config(), "nf": 16})
+        load_denoiser(GOLDEN / CKPT, weights="model", config={**loader_config(), "nf": 16})
 
 
 def test_ema_errors(tmp_path):
@@ -197,7 +197,7 @@ def test_ema_errors(tmp_path):
 
 def test_sha256_pin_is_checked():
     with pytest.raises(ChecksumError, match="instead of 00"):
-        load_denoiser(shared_file("golden", CKPT), config=loader_config(), sha256="00" * 32)
+        load_denoiser(GOLDEN / CKPT, config=loader_config(), sha256="00" * 32)
 
 
 class _Exploit:
@@ -283,9 +283,9 @@ def test_other_architectures_run(overrides):
 def test_potential_reproduces_score_sde_likelihood(one_thread):
     from diractrap import potential
 
-    lik = torch.load(shared_file("golden", "ncsnpp_ve_tiny_likelihood.pt"), weights_only=True)
-    meta = json.loads(shared_file("golden", "ncsnpp_ve_tiny_likelihood.json").read_text())
-    den = load_denoiser(shared_file("golden", CKPT), weights=meta["weights"], config=loader_config())
+    lik = torch.load(GOLDEN / "ncsnpp_ve_tiny_likelihood.pt", weights_only=True)
+    meta = json.loads((GOLDEN / "ncsnpp_ve_tiny_likelihood.json").read_text())
+    den = load_denoiser(GOLDEN / CKPT, weights=meta["weights"], config=loader_config())
     sde, coarse, fine = meta["sde"], meta["tol1e-5"], meta["tol1e-7"]
     # score_sde integrates its VE time from t = eps, i.e. from sigma(eps) = sigma_min (sigma_max / sigma_min)^eps,
     # to t = 1 (sigma_max), with one Rademacher probe for the whole solve and RK45 at rtol = atol = 1e-5

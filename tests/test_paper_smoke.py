@@ -21,7 +21,6 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import shared_file
 from test_workflow import clean_copy, environment, job_counts, snakemake
 
 pytestmark = pytest.mark.slow  # minutes: full-size networks at 256 x 256 on a CPU
@@ -36,7 +35,6 @@ CONFIGS = ["--configfile", "config/paper.yaml", "config/smoke.yaml", "pins.yaml"
 
 @pytest.fixture(scope="module")
 def standins():
-    shared_file("golden", "fullsize_manifests.json")  # skips with a message when ../shared is absent
     from standins import make_standins
 
     start = time.monotonic()

@@ -57,8 +57,49 @@ def test_authors_schedules_follow_their_loop():
     assert (p.inner, p.kernel_step, p.kernel_schedule, p.pad) == ("douglas-rachford", "projected", "log-relative",
                                                                   "observed")
     assert p.dr_restart and p.dr_clamp == 0.2 and (p.cg_iter, p.cg_tol) == (1000, 1e-5)
-    np.testing.assert_allclose(np.logspace(math.log10(p.rel_step[0]), math.log10(p.rel_step[1]), 3000),
-                               np.logspace(-2, -7, 3000))
+    np.testing.assert_allclose(p.rel_schedule(), np.logspace(-2, -7, 3000), rtol=1e-12)  # at their 3000 iterations
+
+
+@pytest.mark.filterwarnings("ignore:All-NaN slice:RuntimeWarning")  # no inner step: grad_x_rel is 0 / 0 throughout
+def test_authors_step_budget_does_not_depend_on_the_iteration_count():
+    """Their r_n = logspace(-2, -7, N) over N = 3000 iterations sums to a budget that a shorter run (n_ext = 200)
+    used to spend only 7 % of; the preset rescales the log-spaced schedule to keep the sum, an explicit rel_step is
+    used as given, and Algorithm 1 takes its steps from that schedule."""
+    r0, r_end, N = 1e-2, 1e-7, 3000
+    rho = (r_end / r0) ** (1 / (N - 1))
+    budget = r0 * (1 - rho**N) / (1 - rho)  # the geometric series in closed form
+    for n_ext in (200, 3000):
+        r = preset("authors", n_ext=n_ext).rel_schedule()
+        assert r.shape == (n_ext,)
+        # summing 3000 positive float64 terms and the closed form's 1 - rho (~4e-3) both lose < 1e-13 relative
+        assert r.sum() == pytest.approx(budget, rel=1e-12)
+        np.testing.assert_allclose(np.diff(np.log10(r)), -5 / (n_ext - 1), rtol=1e-9)  # log-spaced by 1e-5 overall
+    assert preset("paper").rel_budget == preset("authors").rel_budget  # (unused by the paper's constant step)
+    explicit = preset("authors", n_ext=200, rel_step=(0.1, 1e-6))
+    assert explicit.rel_budget is None
+    np.testing.assert_allclose(explicit.rel_schedule(), np.logspace(-1, -6, 200), rtol=1e-12)
+    assert preset("authors", rel_step=(0.1, 1e-6), rel_budget=1.0).rel_schedule().sum() == pytest.approx(1.0)
+
+    # the run: x held at its start (no inner step) and no upper clip, so step_n = r_n max|h_n| / max|grad_h Ly|
+    prior = gaussian_prior((1, 12, 12))
+    _, _, y = problem(H=12, W=12, K=5, sigma=0.02)
+    p = preset("authors", n_ext=200, n_in=0, n_in_first=None, inner="gradient", pad="replicate", gamma_h_max=1e9,
+               sigma_g=0.05)
+    res = algorithm1(prior, y, "wide", kernel_size=5, params=p, snapshots=1, progress=False)
+    assert res.settings["rel_budget_used"] == pytest.approx(budget, rel=1e-12)
+    row = deconv.table_rows(res)[0]  # what the table and summary.json carry
+    r = p.rel_schedule()
+    assert row["rel_budget_used"] == res.settings["rel_budget_used"] and row["rel_budget"] == p.rel_budget
+    assert row["rel_step_used"] == str((float(r[0]), float(r[-1])))
+    x = torch.nn.functional.pad(y, (2, 2, 2, 2), mode="replicate")
+    h = torch.from_numpy(res.trajectory["h"][:-1, 0]).double()  # h_n before step n (stored in float32)
+    g = deconv.grad_h(x.expand(len(h), -1, -1, -1), h, y.expand(len(h), -1, -1, -1))
+    ratio = (h.flatten(1).amax(1) / g.flatten(1).abs().amax(1)).numpy()
+    steps = res.history["gamma_h"][:, 0]
+    free = steps > 1e-7  # the authors' lower clip of the step
+    assert free.mean() > 0.9
+    # h_n in float32 (relative rounding 6e-8) moves max|grad_h| by about as much
+    np.testing.assert_allclose(steps[free] / ratio[free], p.rel_schedule()[free], rtol=1e-5)
 
 
 def test_one_iteration_of_the_paper_preset_by_hand():

@@ -8,7 +8,7 @@ import os
 import pytest
 import torch
 
-from conftest import shared_file
+from conftest import GOLDEN
 from diractrap import cli
 from diractrap.models import (REGISTRY, ModelSpec, checkpoint_path, checkpoint_status, fetch_checkpoint, get_denoiser,
                               job_denoiser)
@@ -266,8 +266,8 @@ def _image(tmp_path):
 
 
 def test_get_denoiser_downloads_verifies_and_loads(monkeypatch, tmp_path):
-    data = shared_file("golden", "ncsnpp_ve_tiny_checkpoint.pth").read_bytes()
-    config = json.loads(shared_file("golden", "ncsnpp_ve_tiny_loader_config.json").read_text())
+    data = (GOLDEN / "ncsnpp_ve_tiny_checkpoint.pth").read_bytes()
+    config = json.loads((GOLDEN / "ncsnpp_ve_tiny_loader_config.json").read_text())
     with LocalServer({"/tiny.pth": data}) as srv:
         spec = ModelSpec(name="tiny-ncsnpp", description="", data_range=(0.0, 1.0), resolution=16,
                          urls=(srv.url + "/tiny.pth",), filename="tiny.pth", architecture="ncsnpp",
@@ -278,7 +278,7 @@ def test_get_denoiser_downloads_verifies_and_loads(monkeypatch, tmp_path):
         assert den.info["name"] == "tiny-ncsnpp" and den.info["weights"] == "model" and den.info["licence"] == "test"
         assert get_denoiser("tiny-ncsnpp", root=tmp_path, weights="ema").info["weights"] == "ema"  # caller overrides
         assert len(srv.requests) == 1  # the second call used the verified file
-    io = torch.load(shared_file("golden", "ncsnpp_ve_tiny_io.pt"), weights_only=True)
+    io = torch.load(GOLDEN / "ncsnpp_ve_tiny_io.pt", weights_only=True)
     with torch.no_grad():
         ref = io["score_model_float32"]
         # float32 sums in a thread-count-dependent order: ~1e-7 of the largest value (1.2e-4 of 151 measured with one
@@ -288,12 +288,12 @@ def test_get_denoiser_downloads_verifies_and_loads(monkeypatch, tmp_path):
 
 def test_get_denoiser_by_path_dispatches_edm_snapshots():
     """A .pkl path goes to the restricted EDM unpickler; the result is the golden EDMPrecond output."""
-    io = torch.load(shared_file("golden", "edm_ddpmpp_io.pt"), weights_only=True)
-    den = get_denoiser(str(shared_file("golden", "edm_ddpmpp_snapshot_nosrc.pkl")), name="ddpmpp")
+    io = torch.load(GOLDEN / "edm_ddpmpp_io.pt", weights_only=True)
+    den = get_denoiser(str(GOLDEN / "edm_ddpmpp_snapshot_nosrc.pkl"), name="ddpmpp")
     assert den.info["format"] == "edm" and den.info["name"] == "ddpmpp" and den.data_range == (-1.0, 1.0)
     with torch.no_grad():
         D = den(io["x"], io["sigma"])
     # the same float32 network as the original (tests/test_models_edm.py pins it closely): a dispatch check here
     assert (D - io["D_float32"]).abs().max() <= 1e-5 * io["D_float32"].abs().max()
     with pytest.raises(ValueError, match="only the 'ema' network"):
-        get_denoiser(str(shared_file("golden", "edm_ddpmpp_snapshot_nosrc.pkl")), weights="model")
+        get_denoiser(str(GOLDEN / "edm_ddpmpp_snapshot_nosrc.pkl"), weights="model")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import shared_file
+from conftest import GOLDEN
 from diractrap import datasets
 from diractrap.models import REGISTRY, load_denoiser
 
@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow  # generating the set once takes ~40 s and 2.7 GB 
 
 @pytest.fixture(scope="module")
 def standins():
-    manifests = json.loads(shared_file("golden", "fullsize_manifests.json").read_text())
+    manifests = json.loads((GOLDEN / "fullsize_manifests.json").read_text())
     from standins import make_standins
 
     return make_standins(), manifests

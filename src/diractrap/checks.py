@@ -165,9 +165,10 @@ def check_kernel_fits(kernel_size, h: int, w: int, name: str = "kernel_size") ->
 def check_deconv_input(denoiser, y: Tensor, kernel_size, *, sigma: float | None = None) -> None:
     """The blurry batch y (B, C, h, w) of Algorithm 1 / the MAP: images (noise included), K, and x's size.
 
-    x is (h + K - 1, w + K - 1) (the valid model): the prior must accept that size. K must be smaller than y
-    (:func:`check_kernel_fits`). A constant y (a flat or saturated image) carries no information about the kernel:
-    refused with that reason.
+    x is (h + K - 1, w + K - 1) (the valid model), extended to the sides and channels the prior accepts
+    (:func:`diractrap.domain.x_domain`: refused only where no extension fits, e.g. a prior defined on a smaller
+    size). K must be smaller than y (:func:`check_kernel_fits`). A constant y (a flat or saturated image) carries
+    no information about the kernel: refused with that reason.
     """
     tol = RANGE_TOL + NOISE_REACH * (sigma or 0.0)
     check_images(y, "y", tol=tol)
@@ -180,20 +181,9 @@ def check_deconv_input(denoiser, y: Tensor, kernel_size, *, sigma: float | None 
         which = [int(i) for i in flat.nonzero().flatten()]
         raise ValueError(f"blurry image(s) {which} are constant (flat or saturated): a constant image says nothing "
                          "about the kernel; give an image with contrast")
-    g = model_geometry(denoiser)
-    H, W = h + K - 1, w + K - 1
-    if g.shape is not None and (y.shape[1], H, W) != g.shape:
-        raise ValueError(f"x would be {y.shape[1]}x{H}x{W} (y {h}x{w}, K = {K}); this prior is defined on "
-                         f"{'x'.join(map(str, g.shape))} images only: y must be "
-                         f"{g.shape[1] - K + 1}x{g.shape[2] - K + 1}")
-    if g.channels is not None and y.shape[1] != g.channels:
-        raise ValueError(f"y has {y.shape[1]} channel(s); this prior takes {g.channels}")
-    m = g.multiple
-    if m > 1 and (H % m or W % m):
-        fit = (H - H % m - K + 1, W - W % m - K + 1)  # the largest crop of y whose x has sides divisible by m
-        crop = f"crop y to {fit[0]}x{fit[1]}, or " if min(fit) > K else ""
-        raise ValueError(f"x (y extended by K - 1) would be {H}x{W} (y {h}x{w}, K = {K}); this network needs sides "
-                         f"divisible by {m}: {crop}choose y and K with y + K - 1 divisible by {m}")
+    from .domain import x_domain  # x mapped to the sides and channels the prior accepts, or a one-line error
+
+    x_domain(denoiser, y.shape[1], (h + K - 1, w + K - 1), kernel_size=K)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -120,15 +120,8 @@ def _line_comments(source) -> dict[str, str]:
         defaults = [None] * (len(positional) - len(a.defaults)) + list(a.defaults)
         ends = {arg.arg: (d or arg).end_lineno for arg, d in [*zip(positional, defaults), *zip(a.kwonlyargs,
                                                                                               a.kw_defaults)]}
-    found = [(name, " ".join(comments[line].split())) for name, line in sorted(ends.items(), key=lambda e: e[1])
-             if line in comments]
-    helps, chain = {}, []  # "a ...", "... b ...", "... c": one sentence spread over consecutive fields
-    for k, (name, text) in enumerate(found):
-        chain.append((name, text.strip(".").strip()))
-        if not (text.endswith("...") and k + 1 < len(found) and found[k + 1][1].startswith("...")):
-            helps.update({n: ", ".join(t for _, t in chain) for n, _ in chain})
-            chain = []
-    return helps
+    return {name: " ".join(comments[line].split()).strip(".").strip() for name, line in ends.items()
+            if line in comments}  # each field's own comment: one text per option
 
 
 def _docstring_entries(source) -> dict[str, str]:

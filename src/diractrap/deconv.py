@@ -16,7 +16,9 @@ minus its mean over S; zero elsewhere.
 x is started from y extended to the size of x: y padded by the kernel's reach (K - 1 - K // 2 pixels on the top
 and left, K // 2 on the bottom and right, the valid model's geometry) with replicate padding by default
 (``pad="reflect"`` also), or, with ``pad="observed"``, from the blurry image at the size of x (``y_full``, the
-authors' geometry). The same start begins every reset of Algorithm 1.
+authors' geometry). The same start begins every reset of Algorithm 1. Any size and mode: the prior sees x extended
+by reflection to the sides it accepts (grey replicated, alpha dropped), the data term sees x, and x is returned
+(:mod:`diractrap.domain`).
 
 Algorithm 1 comes with two complete parameter sets, ``PRESETS``: "paper" (the algorithm as the paper writes it) and
 "authors" (the authors' published optimisation loop: Douglas-Rachford x-steps with the denoiser as the prior's
@@ -37,17 +39,19 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from . import __version__
 from .blur import conv, conv_adjoint, conv_adjoint_kernel
 from .checks import check_deconv_input, check_nonnegative, check_positive, nonfinite_message
+from .domain import Domain, extend, start_image, x_domain
 from .kernels import dirac, project_simplex, second_moment, small, wide
+from .numerics import at_precision, check_precision
 from .priors import check_denoiser, denoise_unit, score_unit
 
 __all__ = [
     "Algorithm1Params",
+    "AUTHORS_REL_BUDGET",
     "PRESETS",
     "preset",
     "STEP_CAP",
@@ -79,22 +83,6 @@ def _check_finite(t: Tensor, what: str, where: str) -> None:
 # ---------------------------------------------------------------------------------------------------------------
 # The objective Ly(x, h) = 1/2 ||h * x - y||^2 + sigma^2 q(x) and its gradients (paper Eq. (3))
 # ---------------------------------------------------------------------------------------------------------------
-
-
-def extend(y: Tensor, kernel_size: int, mode: str = "replicate") -> Tensor:
-    """Extend y (B, C, h, w) to the size of x, (h + K - 1, w + K - 1), by padding the kernel's reach.
-
-    ``mode``: "replicate" (repeat the edge pixels) or "reflect" (mirror without repeating the edge). The padding is
-    K - 1 - K // 2 on the top/left and K // 2 on the bottom/right, so that extend(y) seen through the Dirac kernel
-    (the valid centre crop) gives back y.
-    """
-    if mode not in ("replicate", "reflect"):
-        raise ValueError(f"pad mode must be 'replicate' or 'reflect', got {mode!r}")
-    K = kernel_size
-    top, bottom = K - 1 - K // 2, K // 2
-    if mode == "reflect" and max(top, bottom) >= min(y.shape[-2:]):
-        raise ValueError(f"reflect padding by {max(top, bottom)} needs y larger than that, got {tuple(y.shape[-2:])}")
-    return F.pad(y, (top, bottom, top, bottom), mode=mode)
 
 
 def data_term(x: Tensor, h: Tensor, y: Tensor) -> Tensor:
@@ -185,14 +173,25 @@ def default_gamma_x(sigma: float, sigma_g: float) -> float:
     return 1.0 / (1.0 + sigma**2 / sigma_g**2)
 
 
-def _gd_steps(denoiser, x, h, y, n, *, sigma, sigma_g, gamma_x, labels, where):
-    """n gradient steps x <- x - gamma_x grad_x Ly(x, h).
+def _A(x: Tensor, h: Tensor, dom: Domain | None) -> Tensor:
+    """The data operator on the prior's domain: h * (C x') (:mod:`diractrap.domain`; C = I without a domain)."""
+    return conv(x if dom is None else dom.crop(x), h, "valid")
+
+
+def _At(r: Tensor, h: Tensor, dom: Domain | None) -> Tensor:
+    """Its adjoint C^T A_h^T r: zero on the pixels the domain added."""
+    g = conv_adjoint(r, h, "valid")
+    return g if dom is None else dom.crop_adjoint(g)
+
+
+def _gd_steps(denoiser, x, h, y, n, *, sigma, sigma_g, gamma_x, labels, where, dom=None):
+    """n gradient steps x <- x - gamma_x grad_x Ly(x, h), x on the prior's domain ``dom``.
 
     Returns x and the gradients of the first and of the last step (zeros when n = 0).
     """
     g = g0 = torch.zeros_like(x)
     for i in range(n):
-        gd = conv_adjoint(conv(x, h, "valid") - y, h, "valid")
+        gd = _At(_A(x, h, dom) - y, h, dom)
         gp = prior_grad(denoiser, x, sigma_g, labels)
         _check_finite(gd, "the data gradient A_h^T(h*x - y)", f"{where}, inner step {i}")
         _check_finite(gp, "the prior gradient (x - D(x, sigma_g))/sigma_g^2", f"{where}, inner step {i}")
@@ -224,24 +223,25 @@ def _cg(apply, b: Tensor, x0: Tensor, n_iter: int, tol: float) -> Tensor:
     return x
 
 
-def _dr_steps(denoiser, z, h, y, n, *, gamma, sigma_d, clamp, cg_iter, cg_tol, labels, where):
+def _dr_steps(denoiser, z, h, y, n, *, gamma, sigma_d, clamp, cg_iter, cg_tol, labels, where, dom=None):
     """Douglas-Rachford on f + g, f = 1/2||h*x - y||^2, with the denoiser as the proximal step of g.
 
     From the state z, each step: x = D(z, sigma_d), z <- z + prox_{gamma f}(2x - z) - x with
     prox_{gamma f}(v) = (A^T A + I/gamma)^{-1} (A^T y + v/gamma) by CG (warm-started), z clipped to
-    [-clamp, 1 + clamp]. When D(., sigma_d) is the proximal map of sigma_d^2 q (exactly so for a Gaussian prior),
-    g = (sigma_d^2 / gamma) q and the fixed point minimises 1/2||h*x - y||^2 + (sigma_d^2 / gamma) q(x).
+    [-clamp, 1 + clamp]; A = A_h C on the prior's domain ``dom``. When D(., sigma_d) is the proximal map of
+    sigma_d^2 q (exactly so for a Gaussian prior), g = (sigma_d^2 / gamma) q and the fixed point minimises
+    1/2||h*x - y||^2 + (sigma_d^2 / gamma) q(x).
 
     Returns (D(z, sigma_d), z) and the gradients of that objective at the first and at the last x: from the prox
     identity (z - x) / gamma = grad g(x) for x = D(z), no extra network evaluation: A^T(Ax - y) + (z - x) / gamma.
     """
-    Aty = conv_adjoint(y, h, "valid")
+    Aty = _At(y, h, dom)
 
     def normal(u):
-        return conv_adjoint(conv(u, h, "valid"), h, "valid") + u / gamma
+        return _At(_A(u, h, dom), h, dom) + u / gamma
 
     def gradient(x, z):
-        return conv_adjoint(conv(x, h, "valid"), h, "valid") - Aty + (z - x) / gamma
+        return _At(_A(x, h, dom), h, dom) - Aty + (z - x) / gamma
 
     u, g0 = z, None
     for i in range(n):
@@ -275,13 +275,16 @@ def map_x(
 ) -> Tensor:
     """The non-blind MAP: argmin_x Ly(x, h) by gradient descent from ``x0`` (default: y extended). (B, C, H, W).
 
-    With h = kernels.dirac(K) this is x_delta, the MAP-denoised image of Statement 1.
+    With h = kernels.dirac(K) this is x_delta, the MAP-denoised image of Statement 1. x of any size and y's
+    channels: the prior sees x extended to what it accepts, as in :func:`algorithm1` (:mod:`diractrap.domain`).
     """
     check_denoiser(denoiser)
     check_positive(sigma=sigma, sigma_g=sigma_g)
     check_deconv_input(denoiser, y, h.shape[-1], sigma=sigma)
     K = h.shape[-1]
-    x = extend(y, K, pad) if x0 is None else x0.clone()
+    dom = x_domain(denoiser, y.shape[1], (y.shape[-2] + K - 1, y.shape[-1] + K - 1))
+    y = dom.channels_in(y)
+    x = dom.to_network(extend(y, K, pad) if x0 is None else dom.channels_in(x0.clone()))
     gamma = default_gamma_x(sigma, sigma_g) if gamma_x is None else gamma_x
     chunk = 50
     done = 0
@@ -291,10 +294,10 @@ def map_x(
         while done < n_iter:
             m = min(chunk, n_iter - done)
             x, _, _ = _gd_steps(denoiser, x, h, y, m, sigma=sigma, sigma_g=sigma_g, gamma_x=gamma, labels=labels,
-                             where=f"MAP x iteration {done}")
+                                where=f"MAP x iteration {done}", dom=dom)
             done += m
             bar.update(m)
-    return x
+    return dom.channels_out(dom.crop(x))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -312,14 +315,14 @@ class Algorithm1Params:
     value. L_h below is the largest eigenvalue of A_x^T A_x on zero-sum kernels (warm-started power iterations)."""
 
     n_ext: int = 3000  # outer iterations (kernel steps)
-    n_in: int = 10  # inner x-steps per kernel step ...
-    n_in_first: int | None = None  # ... or, after a reset, this many, decreasing linearly (floored) to n_in ...
-    n_in_warmup: int = 15  # ... over this many outer iterations
+    n_in: int = 10  # inner x-steps per kernel step (once the warm-up after a reset is over)
+    n_in_first: int | None = None  # inner x-steps right after a reset, falling linearly (floored) to n_in; None: n_in
+    n_in_warmup: int = 15  # outer iterations over which the inner steps fall from n_in_first to n_in
     gamma_x: float | None = None  # x step; None: 1 / (1 + sigma^2 / sigma_g^2) for "gradient", 0.05 for DR
     gamma_x_decay: float = 1.0  # gamma_x multiplied by this at every reset (the first included)
     gamma_h: float | None = None  # "constant" schedule; None: 1 / L_h at the first kernel step, per problem
-    gamma_h_scale: float = 1.0  # "lipschitz" schedule: gamma_h_scale / L_h(x_n) ...
-    gamma_h_decay: float = 1.0  # ... times gamma_h_decay ** (n / n_ext)
+    gamma_h_scale: float = 1.0  # "lipschitz" schedule: the kernel step at n = 0, in units of 1 / L_h(x_n)
+    gamma_h_decay: float = 1.0  # "lipschitz" schedule: the step's factor at n = n_ext (gamma_h_decay ** (n / n_ext))
     reset: int = 100  # x restarts from y when n mod reset == 0
     sigma: float = 0.01  # noise std on [0, 1]
     sigma_g: float = 0.001  # grad q(x) ~ (x - D(x, sigma_g)) / sigma_g^2
@@ -333,19 +336,22 @@ class Algorithm1Params:
     # with a warning; "lipschitz": gamma_h_scale / L_h(x_n) * gamma_h_decay ** (n / n_ext); "log-relative" (the
     # authors'): clip(r_n max|h| / max|grad|, 1e-7, gamma_h_max), r_n log-spaced over the run.
     kernel_schedule: str = "lipschitz"  # or "constant", "log-relative"
-    rel_step: tuple[float, float] = (1e-2, 1e-7)  # "log-relative": r_n from rel_step[0] to rel_step[1]
+    rel_step: tuple[float, float] = (1e-2, 1e-7)  # "log-relative": r_0 and r_end of the log-spaced r_n; given: as is
+    rel_budget: float | None = None  # "log-relative": r_n scaled to sum to this at any n_ext; None: rel_step as given
     gamma_h_max: float = 1e-3  # "log-relative": largest step
     dr_sigma: float | None = None  # DR denoiser level; None: dr_sigma_scale * gamma_x, or sigma sqrt(gamma_x)
     dr_sigma_scale: float | None = None  # DR: sigma_d = dr_sigma_scale * gamma_x (the authors' 0.03)
     dr_clamp: float = 0.2  # DR: z clipped to [-dr_clamp, 1 + dr_clamp]
     dr_restart: bool = False  # DR: z restarted at x before every kernel step's inner loop (else carried over)
-    cg_iter: int = 1000  # DR: conjugate-gradient iterations of the data prox ...
-    cg_tol: float = 1e-5  # ... until the squared residual norm is below this
+    cg_iter: int = 1000  # DR: at most this many conjugate-gradient iterations per data proximal step
+    cg_tol: float = 1e-5  # DR: conjugate gradients stop once the squared residual norm is below this
+    precision: str = "fp32"  # the denoiser's evaluations: fp32, tf32, bf16 or fp16 (diractrap.numerics)
 
     def __post_init__(self):
         choices = {"inner": ("gradient", "douglas-rachford"), "kernel_step": ("chain", "projected"),
                    "kernel_schedule": ("lipschitz", "constant", "log-relative"),
                    "pad": ("replicate", "reflect", "observed")}
+        check_precision(self.precision)
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}, got {getattr(self, name)!r}")
@@ -359,6 +365,7 @@ class Algorithm1Params:
                              f"{self.gamma_x_decay}")
         check_positive(sigma=self.sigma, sigma_g=self.sigma_g)  # 0 step sizes are allowed: they freeze x or h
         check_nonnegative(gamma_x=self.gamma_x, gamma_h=self.gamma_h, gamma_h_scale=self.gamma_h_scale)
+        check_positive(rel_step=min(self.rel_step), rel_budget=self.rel_budget)
         if self.n_ext < 0 or self.n_in < 0 or self.reset < 1 or self.n_in_warmup < 1:
             raise ValueError("need n_ext >= 0, n_in >= 0, reset >= 1 and n_in_warmup >= 1")
 
@@ -368,6 +375,12 @@ class Algorithm1Params:
             return self.n_in
         k = n % self.reset
         return max(self.n_in, math.floor(self.n_in_first - k * (self.n_in_first - self.n_in) / self.n_in_warmup))
+
+    def rel_schedule(self) -> np.ndarray:
+        """The "log-relative" r_n, n = 0 .. n_ext - 1: log-spaced from rel_step[0] to rel_step[1], then scaled to
+        sum to rel_budget when that is set, so that the kernel's step budget does not depend on n_ext."""
+        r = np.logspace(math.log10(self.rel_step[0]), math.log10(self.rel_step[1]), max(self.n_ext, 1))
+        return r if self.rel_budget is None else r * (self.rel_budget / r.sum())
 
     def resolved_gamma_x(self, n: int = 0) -> float:
         """gamma_x at outer iteration n (decayed once per reset, the first reset included)."""
@@ -393,28 +406,35 @@ class Algorithm1Params:
         return self.resolved_dr_sigma(n) ** 2 / self.resolved_gamma_x(n)
 
 
+# The authors' kernel-step budget: the sum of their relative steps r = logspace(-2, -7, N) over the N = 3000
+# iterations of their run (2.610). Their schedule spreads over n_ext, so fewer iterations spent less (0.18 at 200);
+# the presets keep the sum instead (docs/ALGORITHM1.md).
+AUTHORS_REL_BUDGET = float(np.logspace(-2, -7, 3000).sum())
+
 # Named, complete parameter sets. Every field is given, so nothing is inherited from a config or a default; the
 # source of each value (paper, the authors' code, or a guess) is in docs/ALGORITHM1.md.
 PRESETS: dict[str, dict] = {
     "paper": dict(  # the paper's Algorithm 1 as written
         n_ext=3000, n_in=10, n_in_first=None, n_in_warmup=15, gamma_x=None, gamma_x_decay=1.0, gamma_h=None,
         gamma_h_scale=1.0, gamma_h_decay=1.0, reset=100, sigma=0.01, sigma_g=0.001, pad="replicate",
-        inner="gradient", kernel_step="chain", kernel_schedule="constant", rel_step=(1e-2, 1e-7), gamma_h_max=1e-3,
-        dr_sigma=None, dr_sigma_scale=None, dr_clamp=0.2, dr_restart=False, cg_iter=1000, cg_tol=1e-5,
+        inner="gradient", kernel_step="chain", kernel_schedule="constant", rel_step=(1e-2, 1e-7),
+        rel_budget=AUTHORS_REL_BUDGET, gamma_h_max=1e-3, dr_sigma=None, dr_sigma_scale=None, dr_clamp=0.2,
+        dr_restart=False, cg_iter=1000, cg_tol=1e-5, precision="fp32",
     ),
     "authors": dict(  # the authors' published optimisation loop (putils/optimization.py), point by point
         n_ext=3000, n_in=10, n_in_first=50, n_in_warmup=15, gamma_x=0.05, gamma_x_decay=0.999, gamma_h=None,
         gamma_h_scale=1.0, gamma_h_decay=1.0, reset=100, sigma=0.01, sigma_g=0.001, pad="observed",
         inner="douglas-rachford", kernel_step="projected", kernel_schedule="log-relative", rel_step=(1e-2, 1e-7),
-        gamma_h_max=1e-3, dr_sigma=None, dr_sigma_scale=0.03, dr_clamp=0.2, dr_restart=True, cg_iter=1000,
-        cg_tol=1e-5,
+        rel_budget=AUTHORS_REL_BUDGET, gamma_h_max=1e-3, dr_sigma=None, dr_sigma_scale=0.03, dr_clamp=0.2,
+        dr_restart=True, cg_iter=1000, cg_tol=1e-5, precision="fp32",
     ),
 }
 
 
 def preset(name: str, **overrides) -> Algorithm1Params:
     """The named parameter set ``name`` (a key of :data:`PRESETS`) with ``overrides`` (field names of
-    :class:`Algorithm1Params`) applied on top."""
+    :class:`Algorithm1Params`) applied on top. An explicit ``rel_step`` wins over the preset's step budget: it is
+    used as given (rel_budget None) unless ``rel_budget`` is given too."""
     if name not in PRESETS:
         raise ValueError(f"unknown Algorithm 1 preset {name!r}; choose one of {', '.join(PRESETS)}")
     fields = {f.name for f in dataclasses.fields(Algorithm1Params)}
@@ -422,6 +442,8 @@ def preset(name: str, **overrides) -> Algorithm1Params:
     if unknown:
         raise ValueError(f"unknown Algorithm 1 parameter(s) {', '.join(unknown)}; allowed: {', '.join(sorted(fields))}")
     values = {**PRESETS[name], **overrides}
+    if "rel_step" in overrides and "rel_budget" not in overrides:
+        values["rel_budget"] = None
     if isinstance(values.get("rel_step"), list):
         values["rel_step"] = tuple(values["rel_step"])
     return Algorithm1Params(**values)
@@ -439,8 +461,8 @@ class Algorithm1Result:
     given. ``history``: per outer iteration n (N_ext, B), recorded before the kernel step: ``grad_x_rel`` =
     ||grad_x|| at the last inner step / ||grad_x|| at the first inner step after the latest reset (how far the
     x-subproblem was solved), ``gamma_h``, ``step_L`` = gamma_h * L_h(x_n) (< 2 for a decreasing step), ``data``,
-    ``spread``. ``settings``: the parameters and the resolved step sizes.
-    """
+    ``spread``. ``settings``: the parameters, the resolved step sizes, the log-relative budget spent
+    (``rel_budget_used``) and x's ``domain`` (:meth:`diractrap.domain.Domain.record`)."""
 
     x: Tensor
     h: Tensor
@@ -486,19 +508,6 @@ def _snapshot_set(snapshots, n_ext: int) -> set[int]:
     return steps | {0, n_ext}
 
 
-def _start_image(y: Tensor, K: int, pad: str, y_full: Tensor | None) -> Tensor:
-    """x's start (and every reset): y extended by ``pad``, or the full-size observation y_full for "observed"."""
-    if pad != "observed":
-        return extend(y, K, pad)
-    if y_full is None:
-        raise ValueError("pad='observed' (the authors' preset) starts x from the blurry image at the size of x: pass "
-                         "y_full (B, C, h + K - 1, w + K - 1), e.g. from problems.make_problem(..., full=True)")
-    H, W = y.shape[-2] + K - 1, y.shape[-1] + K - 1
-    if tuple(y_full.shape) != (*y.shape[:2], H, W):
-        raise ValueError(f"y_full must be {(*y.shape[:2], H, W)} (y grown by K - 1), got {tuple(y_full.shape)}")
-    return y_full.to(y)
-
-
 @torch.no_grad()
 def algorithm1(
     denoiser,
@@ -517,7 +526,8 @@ def algorithm1(
 
     Args:
         denoiser: any prior of the project (priors.Denoiser); images are handled in [0, 1].
-        y: (B, C, h, w) blurry noisy images in [0, 1] (the valid output: x is (B, C, h + K - 1, w + K - 1)).
+        y: (B, C, h, w) blurry noisy images in [0, 1] (the valid output: x is (B, C, h + K - 1, w + K - 1)), of any
+            size and, for a colour prior, C = 3, 1 (grey: x comes back grey) or 4 (alpha dropped; x has 3).
         h0: theta_0: "wide" (1/K^2), "small" (Gaussian of std 1.5), "dirac" (then ``kernel_size`` gives K), or a
             (K, K) / (B, K, K) kernel (projected onto the simplex).
         kernel_size: K when h0 is a name (paper: 21).
@@ -525,7 +535,8 @@ def algorithm1(
         labels: (B,) class labels for conditional priors, or None.
         snapshots: record the iterates after these outer iterations n (a list), or every n iterations (an int);
             0 (the start) and N_ext are always recorded.
-        q_fn: optional x -> q(x) (B,) in nats (e.g. the ODE potential), evaluated at the snapshots.
+        q_fn: optional x -> q(x) (B,) in nats (e.g. the ODE potential), evaluated at the snapshots on x as the
+            prior sees it (extended, in its channels: :mod:`diractrap.domain`).
         y_full: (B, C, H, W) the blurry image at the size of x whose valid centre is y; needed by pad="observed".
         progress: tqdm bar over the outer iterations.
 
@@ -538,6 +549,7 @@ def algorithm1(
     from tqdm.auto import tqdm
 
     check_denoiser(denoiser)
+    denoiser = at_precision(denoiser, params.precision)
     K_in = kernel_size if isinstance(h0, str) else torch.as_tensor(h0).shape[-1]
     check_deconv_input(denoiser, y, K_in, sigma=params.sigma)
     B = y.shape[0]
@@ -550,13 +562,16 @@ def algorithm1(
         theta = initial_kernels(h0, h0.shape[-1], B, dtype=y.dtype, device=y.device)
     K = theta.shape[-1]
     p = params
-    x_reset = _start_image(y, K, p.pad, y_full)
+    dom = x_domain(denoiser, y.shape[1], (y.shape[-2] + K - 1, y.shape[-1] + K - 1))  # x' = x on the prior's domain
+    x_reset = dom.to_network(dom.channels_in(start_image(y, K, p.pad, y_full)))
+    y = dom.channels_in(y)
     x = x_reset.clone()
     z = x_reset.clone()  # the Douglas-Rachford state
-    lip, v_lip = kernel_lipschitz(x_reset, K, return_vector=True)  # then tracked by 3 power iterations per step
+    crop = dom.crop  # what the data term and the kernel see
+    lip, v_lip = kernel_lipschitz(crop(x_reset), K, return_vector=True)  # then tracked by 3 power iterations per step
     gamma_h_const = None if p.gamma_h is None else torch.full((B,), float(p.gamma_h), dtype=y.dtype, device=y.device)
     n_clamped = torch.zeros(B, dtype=torch.long)
-    rel = np.logspace(math.log10(p.rel_step[0]), math.log10(p.rel_step[1]), max(p.n_ext, 1))
+    rel = p.rel_schedule()  # "log-relative" only
     keep = _snapshot_set(snapshots, p.n_ext)
 
     names = ("iteration", "x", "h", "data", "grad_x", "grad_theta", "gamma_h", "spread", "h_max")
@@ -568,9 +583,9 @@ def algorithm1(
     def record(n, x, theta, gx, gt, gh):
         h = project_simplex(theta, dims=2)
         traj["iteration"].append(n)
-        traj["x"].append(x.float().cpu().numpy())
+        traj["x"].append(dom.channels_out(crop(x)).float().cpu().numpy())
         traj["h"].append(h.float().cpu().numpy())
-        d = data_term(x, h, y)
+        d = data_term(crop(x), h, y)
         traj["data"].append(d.cpu().numpy())
         traj["grad_x"].append(gx.cpu().numpy())
         traj["grad_theta"].append(gt.cpu().numpy())
@@ -598,21 +613,21 @@ def algorithm1(
         where = f"outer iteration n = {n}"
         if p.inner == "gradient":
             x, g_first, g_last = _gd_steps(denoiser, x, h, y, p.inner_steps(n), sigma=p.sigma, sigma_g=p.sigma_g,
-                                           gamma_x=gamma_x, labels=labels, where=where)
+                                           gamma_x=gamma_x, labels=labels, where=where, dom=dom)
         else:
             if p.dr_restart:
                 z = x
             x, z, g_first, g_last = _dr_steps(denoiser, z, h, y, p.inner_steps(n), gamma=gamma_x,
                                               sigma_d=p.resolved_dr_sigma(n), clamp=p.dr_clamp, cg_iter=p.cg_iter,
-                                              cg_tol=p.cg_tol, labels=labels, where=where)
+                                              cg_tol=p.cg_tol, labels=labels, where=where, dom=dom)
         _check_finite(x, "the image x", where)
         if reset:
             g_ref = norms(g_first)
         gxn = norms(g_last)
-        gh_h = grad_h(x, h, y)
+        gh_h = grad_h(crop(x), h, y)
         _check_finite(gh_h, "the kernel gradient A_x^T(h*x - y)", where)
         g = _chain_simplex(theta, gh_h) if p.kernel_step == "chain" else gh_h
-        lip, v_lip = kernel_lipschitz(x, K, n_iter=3, v0=v_lip, return_vector=True)
+        lip, v_lip = kernel_lipschitz(crop(x), K, n_iter=3, v0=v_lip, return_vector=True)
         if p.kernel_schedule == "constant":
             if gamma_h_const is None:
                 gamma_h_const = 1.0 / lip  # per problem, fixed from the first kernel step on
@@ -627,7 +642,7 @@ def algorithm1(
         hist["grad_x_rel"].append((gxn / g_ref).numpy())
         hist["gamma_h"].append(step.double().cpu().numpy())
         hist["step_L"].append((step * lip).double().cpu().numpy())
-        hist["data"].append(data_term(x, h, y).cpu().numpy())
+        hist["data"].append(data_term(crop(x), h, y).cpu().numpy())
         hist["spread"].append(second_moment(h.double()).cpu().numpy())
         theta = theta - step.view(-1, 1, 1) * g
         if p.kernel_step == "projected":
@@ -647,6 +662,9 @@ def algorithm1(
         "dr_sigma_used": p.resolved_dr_sigma(0) if p.inner == "douglas-rachford" else None,
         "prior_weight": p.prior_weight(0),
         "kernel_steps_clamped": n_clamped.tolist(),
+        "rel_budget_used": float(rel.sum()) if p.kernel_schedule == "log-relative" else None,  # sum of r_n
+        "rel_step_used": [float(rel[0]), float(rel[-1])] if p.kernel_schedule == "log-relative" else None,
+        "domain": dom.record(),
         "kernel_size": K,
         "diractrap_version": __version__,
         "denoiser": getattr(denoiser, "info", {"class": type(denoiser).__name__}),
@@ -654,8 +672,8 @@ def algorithm1(
     trajectory = {k: np.stack(v) if k != "iteration" else np.asarray(v, dtype=np.int64) for k, v in traj.items()}
     history = {k: np.stack(v) if v else np.zeros((0, B)) for k, v in hist.items()}
     h = project_simplex(theta, dims=2)
-    return Algorithm1Result(x=x.cpu(), h=h.cpu(), theta=theta.cpu(), trajectory=trajectory, settings=settings,
-                            history=history)
+    return Algorithm1Result(x=dom.channels_out(crop(x)).cpu(), h=h.cpu(), theta=theta.cpu(), trajectory=trajectory,
+                            settings=settings, history=history)
 
 # The rest of the deconvolution API lives in its own modules (which import this one) and is reachable from here too,
 # resolved on first use (PEP 562) so that importing either module first works.

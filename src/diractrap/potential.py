@@ -43,7 +43,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .checks import check_count, check_images, check_model_input, check_nonnegative, check_positive
-from .numerics import no_tf32
+from .numerics import PRECISIONS, REDUCED, at_precision, precision_scope
 from .priors import check_denoiser, from_native, range_scale, to_native
 from .rng import ItemGenerators
 
@@ -65,6 +65,7 @@ DIVERGENCES = ("hutchinson", "exact")
 MAX_EXACT_DIM = 4096  # exact divergence costs N VJPs per evaluation: beyond this, use Hutchinson
 _EXACT_ITEMS_PER_PASS = 512  # replicated images per forward pass of the exact divergence
 _MAX_ADAPTIVE_STEPS = 20_000  # accepted + rejected steps before dopri5 gives up
+REDUCED_MAX_NFE = 2_000  # an adaptive solve on a reduced-precision network stops here (see PotentialOptions.max_nfe)
 BITS_OFFSET_8BIT = 8.0  # log2(256): bits/dim for pixel values on the 8-bit scale, as score_sde reports them
 
 
@@ -75,42 +76,53 @@ BITS_OFFSET_8BIT = 8.0  # log2(256): bits/dim for pixel values on the 8-bit scal
 
 @dataclass(frozen=True)
 class PotentialOptions:
-    """How q(x) is computed. The defaults are the accurate choice measured in BENCHMARKS.md ("potential").
+    """How q(x) is computed: the library's defaults are an accurate general-purpose choice (BENCHMARKS.md
+    "potential"); a sweep calibrates cheaper ones against its error budget (:mod:`diractrap.calibration`).
 
     solver:     "dopri5" (adaptive Dormand-Prince 5(4)), "tsit5" (adaptive Tsitouras 5(4)) or "heun" (fixed grid of
                 ``steps`` steps on EDM's rho-schedule, 2 evaluations each).
-    steps, rho: the Heun grid (ignored by the adaptive solvers).
-    rtol, atol: adaptive tolerances. With ``control = "q"`` the local error of each image's divergence integral
-                (nats) must stay below ``atol * N + rtol * |integral|``: atol is in nats per dimension. With
-                ``control = "state"`` the scaled RMS error of the whole state (image and integral, scale
-                atol + rtol |y|, as scipy and torchdiffeq) is controlled instead.
-    control:    which error the adaptive step size controls: "q" (the quantity reported) or "state".
+    steps:      Heun's number of steps (ignored by the adaptive solvers).
+    rho:        the exponent of Heun's rho-schedule (EDM's 7; inf: uniform in ln sigma).
+    rtol:       adaptive solvers: the error allowed relative to the solution's size (see ``control``).
+    atol:       adaptive solvers: the absolute error allowed; with ``control = "q"`` in nats per dimension.
+    control:    which error the adaptive step size controls. "q": each image's divergence integral's local error
+                must stay below atol * N + rtol * |integral| nats. "state": the scaled RMS error of the whole state
+                (image and integral, scale atol + rtol |y|, as scipy and torchdiffeq).
     divergence: "hutchinson" (``n_probes`` probes per image; q is their mean, stderr their standard error) or
                 "exact" (N VJPs per evaluation, N <= MAX_EXACT_DIM).
-    probe, n_probes, seed: the Hutchinson probes (:func:`make_probes`); n_probes >= 2 gives a standard error.
+    probe:      the kind of Hutchinson probe: "rademacher" (+-1 entries) or "gaussian" (:func:`make_probes`).
+    n_probes:   Hutchinson probes per image; 2 or more give a standard error.
+    seed:       seeds the probes of each item (with its item id), so every blur level of an image shares them.
     tail_sigma: None (integrate to sigma_max, end point N(0, sigma_max^2 I)) or a noise level in units of [0, 1]
                 images above which the path is replaced by the closed form of a Gaussian of the data (``tail=`` of
                 :func:`potential`): q = -log N(x(sigma_c); m, Sigma + sigma_c^2 I) - int_{sigma_min}^{sigma_c}.
+    precision:  the network's evaluations (:data:`diractrap.numerics.PRECISIONS`): "fp32", "tf32", "bf16" or
+                "fp16"; the ODE state stays in the image's dtype and the divergence integral in float64.
+    max_nfe:    an adaptive solve needing more network evaluations stops with an error naming its settings. None:
+                no limit at fp32 (only the step count's), REDUCED_MAX_NFE otherwise -- an adaptive step control fed
+                a reduced-precision network shrinks its steps down to the network's rounding noise and would not end.
     """
 
-    solver: str = "tsit5"  # BENCHMARKS.md "potential": <= 1e-3 nats/dim on every benchmark prior, fewest NFE
-    steps: int = 128  # heun only
-    rho: float = 7.0  # heun only: EDM's schedule exponent
+    solver: str = "tsit5"  # the default: <= 1e-3 nats/dim on every benchmark prior with the fewest evaluations
+    steps: int = 128
+    rho: float = 7.0
     rtol: float = 1e-4
     atol: float = 1e-4
     control: str = "state"  # "q" is cheaper on trained priors but trusts (z - D) / sigma^2 to be a gradient
     divergence: str = "hutchinson"
     probe: str = "rademacher"
-    n_probes: int = 2  # >= 2: a standard error exists
+    n_probes: int = 2
     seed: int = 0
     tail_sigma: float | None = None  # off: the Gaussian tail needs the data's mean and covariance
+    precision: str = "fp32"
+    max_nfe: int | None = None
 
     def __post_init__(self):
         for name, allowed in (("solver", SOLVERS), ("control", CONTROLS), ("divergence", DIVERGENCES),
-                              ("probe", PROBES)):
+                              ("probe", PROBES), ("precision", PRECISIONS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        check_count(1, steps=self.steps, n_probes=self.n_probes)  # one message per value, naming it
+        check_count(1, steps=self.steps, n_probes=self.n_probes, max_nfe=self.max_nfe)  # one message per value
         check_count(0, seed=self.seed)
         check_nonnegative(rtol=self.rtol, atol=self.atol)
         check_positive(rho=self.rho, tail_sigma=self.tail_sigma)
@@ -128,6 +140,13 @@ class PotentialOptions:
             raise TypeError(f"unknown potential option(s) {sorted(unknown)}: valid are "
                             f"{sorted(cls.__dataclass_fields__)}")
         return cls(**base)
+
+    @property
+    def nfe_limit(self) -> int | None:
+        """The evaluation cap of an adaptive solve: ``max_nfe``, or its default for the precision."""
+        if self.max_nfe is not None:
+            return self.max_nfe
+        return REDUCED_MAX_NFE if self.precision in REDUCED else None
 
     def as_dict(self) -> dict:
         """The fields as a plain dict (for tables, JSON and the workflow's config)."""
@@ -151,7 +170,11 @@ class PotentialResult:
     nfe:          denoiser evaluations of the solve (for the whole batch: the batch shares them).
     bits_per_dim: (B,) q / (N ln 2) + 8, the likelihood literature's bits/dim (pixel values on the 8-bit scale,
                   no dequantisation; comparable with score_sde's reports).
-    settings:     everything needed to reproduce the numbers (solver, steps / tolerances, probes, seed, sigmas).
+    settings:     everything needed to reproduce the numbers (solver, steps / tolerances, probes, precision, seed,
+                  sigmas).
+    q_probes:     (B, M) float64, the potential for each probe alone (q is their mean; M = 1 for the exact
+                  divergence): probe m of an item is the same for any n_probes > m, so a solve with more probes
+                  contains the answers of the solves with fewer (diractrap.calibration uses it).
     Tensors are on the CPU whatever the device of the solve.
     """
 
@@ -160,6 +183,7 @@ class PotentialResult:
     nfe: int
     bits_per_dim: Tensor
     settings: dict = field(default_factory=dict)
+    q_probes: Tensor | None = None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -203,11 +227,17 @@ class _Drift:
     through a single forward pass), or (B, 1) exact, from N VJPs with the basis vectors in replicated batches.
     """
 
-    def __init__(self, denoiser, labels, probes: Tensor | None):
+    def __init__(self, denoiser, labels, probes: Tensor | None, max_nfe: int | None = None, what: str = ""):
         self.denoiser, self.labels, self.probes, self.nfe = denoiser, labels, probes, 0
+        self.max_nfe, self.what = max_nfe, what
 
     def __call__(self, z: Tensor, sigma: float) -> tuple[Tensor, Tensor]:
         self.nfe += 1
+        if self.max_nfe is not None and self.nfe > self.max_nfe:
+            raise RuntimeError(f"{self.what} stopped after {self.max_nfe} network evaluations at sigma = {sigma:.3g} "
+                               "(max_nfe): a reduced-precision network's rounding noise keeps an adaptive step "
+                               "control from ending; use solver='heun' (a fixed grid), precision='fp32' or looser "
+                               "rtol/atol")
         if self.probes is None:
             return self._exact(z, sigma)
         B, M = self.probes.shape[:2]
@@ -482,7 +512,7 @@ def potential(
         x: (B, C, H, W) images in [0, 1]; their dtype is the ODE state's dtype (the divergence integral is float64).
         labels: passed unchanged to the denoiser (class-conditional networks).
         options: a :class:`PotentialOptions` (or a dict of its fields); None gives the defaults, chosen in
-            BENCHMARKS.md ("potential"): Tsitouras 5(4) at rtol = atol = 1e-4, 2 Rademacher probes.
+            BENCHMARKS.md ("potential"): Tsitouras 5(4) at rtol = atol = 1e-4, 2 Rademacher probes, fp32 network.
         **overrides: any field of :class:`PotentialOptions` (``solver="heun", steps=64``, ``rtol=1e-5``, ...),
             replacing the one of ``options``.
         item_ids: the items' ids for the probes (see :func:`make_probes`), default arange(B). The same probe is
@@ -494,7 +524,8 @@ def potential(
             (:meth:`diractrap.priors.GaussianPrior.fit` on the prior's training images).
         progress: show a tqdm bar over the steps.
     Returns:
-        :class:`PotentialResult`. TF32 is switched off during the call and restored afterwards; the denoiser is
+        :class:`PotentialResult`. The network runs at ``precision`` (TF32 off unless "tf32", autocast for
+        "bf16" / "fp16"), the caller's TF32 flags restored afterwards; the denoiser is
         never differentiated with respect to its parameters. With an adaptive solver a batch shares its step sizes:
         an image's q depends, within the tolerance, on the batch it is in (see :func:`_adaptive`).
     """
@@ -524,7 +555,7 @@ def potential(
         settings.update(steps=opt.steps, rho=opt.rho)
     else:
         settings.update(rtol=opt.rtol, atol=opt.atol, control=opt.control)
-    settings.update(tail_sigma=opt.tail_sigma)
+    settings.update(tail_sigma=opt.tail_sigma, precision=opt.precision)
 
     if divergence == "exact":
         if N > MAX_EXACT_DIM:
@@ -543,9 +574,11 @@ def potential(
         settings.update(probe=opt.probe, n_probes=opt.n_probes, seed=opt.seed)
     M = 1 if eps is None else eps.shape[1]
 
-    drift = _Drift(denoiser, labels, eps)
+    limit = None if solver == "heun" else opt.nfe_limit
+    what = f"{solver} at rtol={opt.rtol:g}, atol={opt.atol:g} with the network in {opt.precision}"
+    drift = _Drift(at_precision(denoiser, opt.precision), labels, eps, limit, what)
     z0 = to_native(x.detach(), denoiser.data_range)
-    with no_tf32(), torch.no_grad():
+    with precision_scope(opt.precision), torch.no_grad():  # TF32 flags for the forward and backward passes
         if solver == "heun":
             sigmas = rho_schedule(sigma_min, sigma_end, opt.steps, opt.rho)
             with tqdm(total=opt.steps, desc="potential (heun)", disable=not progress, leave=False) as pbar:
@@ -577,7 +610,8 @@ def potential(
     else:
         stderr = q_all.std(1) / math.sqrt(M)
     bpd = q / (N * math.log(2)) + BITS_OFFSET_8BIT
-    return PotentialResult(q=q.cpu(), stderr=stderr.cpu(), nfe=drift.nfe, bits_per_dim=bpd.cpu(), settings=settings)
+    return PotentialResult(q=q.cpu(), stderr=stderr.cpu(), nfe=drift.nfe, bits_per_dim=bpd.cpu(), settings=settings,
+                           q_probes=q_all.cpu())
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -186,6 +186,8 @@ def table_rows(result: Algorithm1Result, scores: dict[str, Tensor] | None = None
     st = result.settings
     fixed = {k: v for k, v in st.items() if isinstance(v, (int, float, str, bool)) or v is None}
     fixed["rel_step"] = str(tuple(st["rel_step"]))
+    if st.get("rel_step_used") is not None:  # (r_0, r_end) of a log-relative run's schedule, as rel_step
+        fixed["rel_step_used"] = str(tuple(st["rel_step_used"]))
     record = st.get("denoiser") or {}
     fixed["checkpoint_sha256"] = record.get("sha256", "")
     fixed["provenance"] = provenance_key(record)  # the full record: summary()["provenance"], the table's sidecar

@@ -7,7 +7,8 @@ point is x itself) and its potential q (nats, images in [0, 1]) is computed thro
 (common random numbers), so the differences q(h_theta * x) - q(x) are far more precise than each value.
 
 One row per (image, family, theta), with the settings that produced it (model, checkpoint sha256, solver,
-steps / tolerances, probes, seed, package versions): tables from different runs can be concatenated and compared.
+steps / tolerances, probes, seed, network precision, where the settings came from, package versions): tables from
+different runs can be concatenated and compared.
 The ``prior`` column says which potential a row holds: "diffusion" (the model's, through the ODE) or a classical
 baseline on the same images and kernels (:mod:`diractrap.baselines`: "tv", "gaussian"; closed forms, no solver).
 
@@ -34,7 +35,8 @@ KEY = ["model", "prior", "family", "angle", "item", "theta"]  # one row per key
 COLUMNS = [
     "model", "prior", "checkpoint_sha256", "image", "item", "label", "family", "angle", "theta", "kernel_size", "boundary",
     "q", "stderr", "bits_per_dim", "nfe", "solver", "steps", "rho", "rtol", "atol", "control", "divergence", "probe",
-    "n_probes", "seed", "sigma_min", "sigma_max", "dtype", "device", "diractrap_version", "torch_version",
+    "n_probes", "seed", "precision", "sigma_min", "sigma_max", "dtype", "device", "settings", "diractrap_version",
+    "torch_version",
 ]
 
 
@@ -59,6 +61,7 @@ def sweep(
     model: str | None = None,
     checkpoint_sha256: str | None = None,
     options: PotentialOptions | dict | None = None,
+    settings: str = "given",
     progress: bool = False,
     **overrides,
 ) -> pd.DataFrame:
@@ -79,6 +82,8 @@ def sweep(
         model, checkpoint_sha256: provenance (default: the denoiser's ``info`` dict when it has one).
         options, **overrides: how q is computed (:class:`diractrap.potential.PotentialOptions` or a dict of its
             fields, plus fields by name: ``solver="heun"``); default the library's.
+        settings: where the options came from, for the ``settings`` column: "given", or a calibration's record
+            ("calibrated <model>.calibration.json sha256:<12 hex>", diractrap.calibration).
     Returns:
         One row per (image, theta), columns :data:`COLUMNS`, ordered by image then theta.
     """
@@ -115,8 +120,8 @@ def sweep(
                 nfe=res.nfe, solver=opt.solver, steps=s.get("steps", -1), rho=s.get("rho", math.nan),
                 rtol=s.get("rtol", math.nan), atol=s.get("atol", math.nan), control=s.get("control", ""),
                 divergence=opt.divergence, probe=s.get("probe", "none"), n_probes=s.get("n_probes", 0), seed=opt.seed,
-                sigma_min=s["sigma_min"], sigma_max=s["sigma_max"], dtype=s["dtype"], device=s["device"],
-                diractrap_version=__version__, torch_version=torch.__version__,
+                precision=opt.precision, sigma_min=s["sigma_min"], sigma_max=s["sigma_max"], dtype=s["dtype"],
+                device=s["device"], settings=settings, diractrap_version=__version__, torch_version=torch.__version__,
             ))
     return pd.DataFrame(rows, columns=COLUMNS)
 
@@ -164,9 +169,9 @@ def baseline_sweep(
                     angle=math.nan if angle is None else float(angle), theta=theta, kernel_size=kernel_size,
                     boundary=boundary, q=float(q[b]), stderr=0.0, bits_per_dim=float(q[b]) / (N * math.log(2)) + 8,
                     nfe=0, solver="closed form", steps=-1, rho=math.nan, rtol=math.nan, atol=math.nan, control="",
-                    divergence="", probe="none", n_probes=0, seed=-1, sigma_min=math.nan, sigma_max=math.nan,
-                    dtype="float64", device=str(images.device), diractrap_version=__version__,
-                    torch_version=torch.__version__,
+                    divergence="", probe="none", n_probes=0, seed=-1, precision="float64", sigma_min=math.nan,
+                    sigma_max=math.nan, dtype="float64", device=str(images.device), settings="closed form",
+                    diractrap_version=__version__, torch_version=torch.__version__,
                 ))
     df = pd.DataFrame(rows, columns=COLUMNS)
     return df.sort_values(["prior", "item", "theta"], ignore_index=True)

@@ -258,9 +258,42 @@ def sweep_table(model):
     return f"{RESULTS}/potential/{model}.parquet"
 
 
-def sweep_chunks(wildcards):
-    return expand(f"{RESULTS}/potential/{wildcards.model}/{{family}}/chunk{{chunk}}.parquet",
+def sweep_chunks(wildcards, ext="parquet"):
+    return expand(f"{RESULTS}/potential/{wildcards.model}/{{family}}/chunk{{chunk}}.{ext}",
                   family=family_grids(), chunk=range(n_chunks(wildcards.model)))
+
+
+def sweep_audits(wildcards):
+    return sweep_chunks(wildcards, ext="audit.json")
+
+
+# sweep.potential: "calibrate" (a calibration job per model picks the settings) or explicit PotentialOptions fields
+CALIBRATE = SWEEP["potential"] == "calibrate"
+
+
+def calibration_file(model):
+    return f"{RESULTS}/potential/{model}.calibration.json"
+
+
+def calibration_inputs(wildcards):
+    return dict(images=model_images(wildcards.model), weights=checkpoint_file(wildcards.model))
+
+
+def calibration_params(wildcards):
+    """What the calibration job needs: the model, a few images of its set, one family's grid, the budget, the
+    reference, the ladder (diractrap.calibration.calibrate)."""
+    c, n = SWEEP["calibration"], n_images(wildcards.model)
+    bad = [i for i in c["images"] if i >= n]
+    if bad:
+        config_error("sweep.calibration.images", f"indices {bad} beyond model {wildcards.model!r}'s {n} images")
+    grids = family_grids()
+    if c["family"] not in grids:
+        config_error("sweep.calibration.family", f"{c['family']!r} is not one of sweep.families")
+    grid = grids[c["family"]]
+    return dict(model_job(wildcards.model), items=list(c["images"]), family=c["family"], thetas=grid["thetas"],
+                angle=grid["angle"], kernel_size=SWEEP["kernel_size"], boundary=SWEEP["boundary"],
+                batch_size=SWEEP["batch_size"], budget=dict(c["budget"]), reference=dict(c["reference"]),
+                ladder=dict(c["ladder"]), gpu_measurements=c.get("gpu_measurements"))
 
 
 def baseline_fit_images(model):
@@ -271,7 +304,9 @@ def baseline_fit_images(model):
 
 def sweep_inputs(wildcards):
     fit = [baseline_fit_images(wildcards.model)] if SWEEP.get("baselines") else []
-    return dict(images=model_images(wildcards.model), weights=checkpoint_file(wildcards.model), fit=fit)
+    calibration = [calibration_file(wildcards.model)] if CALIBRATE else []
+    return dict(images=model_images(wildcards.model), weights=checkpoint_file(wildcards.model), fit=fit,
+                calibration=calibration)
 
 
 def sweep_params(wildcards):
@@ -284,7 +319,7 @@ def sweep_params(wildcards):
     return dict(model_job(wildcards.model), items=list(range(first, min(first + SWEEP["chunk"], n))),
                 family=wildcards.family, thetas=grid["thetas"], angle=grid["angle"],
                 kernel_size=SWEEP["kernel_size"], boundary=SWEEP["boundary"], batch_size=SWEEP["batch_size"],
-                potential=dict(SWEEP["potential"]), baselines=list(SWEEP.get("baselines", [])))
+                potential=None if CALIBRATE else dict(SWEEP["potential"]), baselines=list(SWEEP.get("baselines", [])))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -368,6 +403,8 @@ def algorithm1_params(wildcards):
     params = resolved_run(wildcards.run)
     if wildcards.start == "continued":
         params.update({k: v for k, v in DECONV["continuation"].items() if k != "start"})
+        if "rel_step" in DECONV["continuation"]:
+            params["rel_budget"] = None  # an explicit rel_step is used as given (diractrap.deconv.preset)
     ids = [int(wildcards.pair)] if "pair" in wildcards.keys() else list(all_pairs())
     return dict(model_job(DECONV["model"]), run=wildcards.run, preset=DECONV["algorithm1"][wildcards.run]["preset"],
                 kernel_size=DECONV["kernel_size"], algorithm1=params, snapshots=DECONV["snapshots"],
@@ -385,12 +422,21 @@ def statement1_inputs(wildcards):
                 runs=[run_file(s["run"], p, s["start"]) for p in all_pairs()], weights=checkpoint_file(DECONV["model"]))
 
 
+def statement1_potential():
+    """Statement 1's q settings: deconv.statement1.potential, else the sweep's explicit ones, else the library's
+    defaults (a calibration is made for the sweep's images and grid, not for Statement 1's pairs)."""
+    given = DECONV["statement1"].get("potential")
+    if given is not None:
+        return dict(given)
+    return {} if CALIBRATE else dict(SWEEP["potential"])
+
+
 def statement1_params(wildcards):
     s = DECONV["statement1"]
     run = resolved_run(s["run"])
     return dict(model_job(DECONV["model"]), sigma=DECONV["sigma"], sigma_g=run["sigma_g"],
                 pad="replicate" if run["pad"] == "observed" else run["pad"], n_iter_delta=s["n_iter_delta"],
-                start=s["start"], run=s["run"], potential=dict(SWEEP["potential"]), pairs=DECONV["pairs"])
+                start=s["start"], run=s["run"], potential=statement1_potential(), pairs=DECONV["pairs"])
 
 
 def algorithm1_summaries(wildcards):

@@ -1,16 +1,41 @@
-# Section 2.2: q(h_theta * x) for every image, family and theta. One job per (model, family, chunk of images), on
-# the model's device with its resources (gpu=1 for the paper's networks), then one merged table per model.
+# Section 2.2: q(h_theta * x) for every image, family and theta. Per model: one calibration job picks the cheapest
+# potential settings that meet the error budget (sweep.potential: calibrate; diractrap.calibration), then one job per
+# (model, family, chunk of images) on the model's device with its resources (gpu=1 for the paper's networks), each
+# auditing its first image against the reference; the merge fails if an audit broke the budget.
 
 
 localrules:
     merge_sweep,
 
 
+rule calibrate:
+    input:
+        unpack(calibration_inputs),
+    output:
+        table=f"{RESULTS}/potential/{{model}}.calibration.csv",
+        choice=f"{RESULTS}/potential/{{model}}.calibration.json",
+    params:
+        job=calibration_params,
+    log:
+        f"{LOGS}/sweep/{{model}}/calibrate.log",
+    priority: 15  # every chunk of the model waits for it
+    threads: model_threads
+    resources:
+        gpu=model_gpu,
+        mem_mb=model_mem,
+        runtime=model_runtime,
+    conda:
+        "../../environment.yml"
+    script:
+        "../scripts/calibrate.py"
+
+
 rule sweep_chunk:
     input:
         unpack(sweep_inputs),
     output:
-        f"{RESULTS}/potential/{{model}}/{{family}}/chunk{{chunk}}.parquet",
+        table=f"{RESULTS}/potential/{{model}}/{{family}}/chunk{{chunk}}.parquet",
+        audit=f"{RESULTS}/potential/{{model}}/{{family}}/chunk{{chunk}}.audit.json",
     params:
         job=sweep_params,
     log:
@@ -28,9 +53,11 @@ rule sweep_chunk:
 
 rule merge_sweep:
     input:
-        sweep_chunks,
+        tables=sweep_chunks,
+        audits=sweep_audits,
     output:
-        f"{RESULTS}/potential/{{model}}.parquet",
+        table=f"{RESULTS}/potential/{{model}}.parquet",
+        audits=f"{RESULTS}/potential/{{model}}.audit.csv",
     log:
         f"{LOGS}/sweep/{{model}}/merge.log",
     resources:
