@@ -1,7 +1,7 @@
 # diractrap: Figures 1-5 of "How diffusion prior landscapes shape the posterior in blind deconvolution".
 #
 #   snakemake --cores all                                   the embedded demo (config/demo.yaml): offline, CPU
-#   snakemake --cores all --configfile config/paper.yaml   the paper: four checkpoints, four dataset shards, GPUs
+#   snakemake --cores all --configfile config/paper.yaml   the paper: four checkpoints, 33 dataset shards, GPUs
 #   snakemake --cores all fig3                              one figure, from the cached tables
 #   snakemake --profile profiles/slurm ...                  the heavy jobs through sbatch (README, "On a cluster")
 #   snakemake --report report.html                          the figures with their captions

@@ -267,7 +267,13 @@ def paper_work(config: dict, nfe: float, choice: dict | None = None) -> dict:
     jobs = 0
     for run in d["runs"]:  # one batched job per (run, start), all pairs; plus the continuation of each run
         spec = dict(d["algorithm1"][run])
-        p = preset(spec.pop("preset"), **spec, sigma=d["sigma"])
+        selected = {k: spec.pop(k) for k in ("pairs", "starts") if k in spec}  # a run of some pairs and starts only:
+        p = preset(spec.pop("preset"), **spec, sigma=d["sigma"])  # one job per pair and start, no continuation
+        if selected:
+            n = len(selected.get("pairs", range(pairs))) * len(selected.get("starts", d["starts"]))
+            jobs += n
+            by_precision[p.precision] = by_precision.get(p.precision, 0) + n * forwards_per_problem(p)
+            continue
         f = pairs * starts * forwards_per_problem(p)
         jobs += starts
         if cont:

@@ -17,8 +17,9 @@ What is written (the names are the registry's and diractrap.datasets.SHARDS', so
   through ``torch.storage._load_from_bytes``), ``torch.nn.ModuleDict`` for the encoder and decoder, numpy scalars.
   ``module_src`` is a source text of realistic size written here (not EDM's code) that raises if executed: a loader
   that runs it fails loudly.
-- ``hub/datasets/<repo>/resolve/<revision>/<file>``: one shard per dataset (FFHQ 256 x 256, AFHQv2 512 x 512 with
-  labels, ImageNet 64 x 64 with labels), ``image`` = struct ``{bytes (PNG), path}``, 8 rows, row groups of 4. The
+- ``hub/datasets/<repo>/resolve/<revision>/<file>``: every file of each split (FFHQ 256 x 256: 15 files, AFHQv2
+  512 x 512 with labels: 13, ImageNet 64 x 64 with labels: 5), ``image`` = struct ``{bytes (PNG), path}``, 8 rows
+  per file, row groups of 4, labels in class order over the split (as the class-sorted mirrors store them). The
   pictures are the photographs bundled with scikit-image (no download), cropped and resized.
 - ``manifest.json`` (last, atomically): size and sha256 of every file. Its presence marks a complete set.
 
@@ -50,7 +51,7 @@ from conftest import GOLDEN, ROOT  # tests/ is on sys.path here: under pytest, a
 sys.path.insert(0, str(ROOT / "src"))
 
 from diractrap.data import atomic_path  # noqa: E402
-from diractrap.datasets import SHARDS  # noqa: E402
+from diractrap.datasets import SHARDS, SPLITS, split_shards  # noqa: E402
 from diractrap.models import REGISTRY  # noqa: E402
 
 VERSION = 1  # bump when the generated files change: the cache directory is per version
@@ -279,25 +280,37 @@ def _pictures(resolution: int) -> list[np.ndarray]:
     return out
 
 
-def write_shard(path: Path, resolution: int, labels: bool) -> None:
+def write_shard(path: Path, resolution: int, labels=None, first_row: int = 0) -> None:
+    """ROWS rows of pictures; ``labels`` (ROWS,) ints or None (an unlabelled split)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
     from PIL import Image
 
     cells = []
-    for i, a in enumerate(_pictures(resolution)):
+    pictures = _pictures(resolution)
+    shift = first_row // ROWS % ROWS  # each file starts on another picture: images drawn from several files differ
+    for i, a in enumerate(pictures[shift:] + pictures[:shift]):
         buf = io.BytesIO()
         Image.fromarray(a).save(buf, format="PNG")
-        cells.append({"bytes": buf.getvalue(), "path": f"{i:05d}.png"})
+        cells.append({"bytes": buf.getvalue(), "path": f"{first_row + i:05d}.png"})
     columns = {"image": cells}
-    if labels:
-        columns["label"] = (np.arange(ROWS) * 997 // ROWS).astype(np.int64)  # spread over the 1000 classes
+    if labels is not None:
+        columns["label"] = np.asarray(labels, dtype=np.int64)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         pq.write_table(pa.table(columns), tmp, row_group_size=4)
 
 
-SHARD_FORMATS = {"ffhq256": (256, False), "afhqv2": (512, True), "imagenet64": (64, True)}  # resolution, labels
+SPLIT_RESOLUTIONS = {"ffhq256": 256, "afhqv2": 512, "imagenet64": 64}
+
+
+def split_labels(split: str) -> np.ndarray | None:
+    """Labels of a stand-in split's rows in class order, as the class-sorted mirrors store them, from class 0 to the
+    last (the first and last classes always present); None for an unlabelled split."""
+    s = SPLITS[split]
+    if not s.classes:
+        return None
+    return np.linspace(0, s.classes - 1, ROWS * len(s.files)).round().astype(np.int64)
 
 
 def shard_relpath(name: str) -> str:
@@ -324,7 +337,7 @@ def make_standins(out=None, *, log=print) -> dict:
             manifest = json.loads(manifest_file.read_text())
             files = [out / "checkpoints" / c["file"] for c in manifest["checkpoints"].values()]
             files += [out / s["path"] for s in manifest["shards"].values()]
-            if all(f.is_file() for f in files):
+            if all(f.is_file() for f in files) and set(manifest["shards"]) == set(SHARDS):
                 return dict(manifest, root=str(out))
         jobs = {
             "ffhq256": lambda p: write_score_sde(p, seed=1),
@@ -344,11 +357,14 @@ def make_standins(out=None, *, log=print) -> dict:
                 write(path)
             checkpoints[model] = dict(file=path.name, sha256=_sha256(path), size=path.stat().st_size)
         shards = {}
-        for name, (resolution, labels) in SHARD_FORMATS.items():
-            path = out / shard_relpath(name)
-            if not path.is_file():
-                write_shard(path, resolution, labels)
-            shards[name] = dict(path=shard_relpath(name), sha256=_sha256(path), size=path.stat().st_size)
+        for split, resolution in SPLIT_RESOLUTIONS.items():
+            labels = split_labels(split)
+            for i, name in enumerate(split_shards(split)):
+                path = out / shard_relpath(name)
+                if not path.is_file():
+                    write_shard(path, resolution, None if labels is None else labels[i * ROWS : (i + 1) * ROWS],
+                                first_row=i * ROWS)
+                shards[name] = dict(path=shard_relpath(name), sha256=_sha256(path), size=path.stat().st_size)
         manifest = dict(version=VERSION, checkpoints=checkpoints, shards=shards)
         with atomic_path(manifest_file) as tmp:
             tmp.write_text(json.dumps(manifest, indent=1) + "\n")

@@ -24,26 +24,55 @@ def resolved(*names):
 
 
 def run_params(config, run):
-    spec = dict(config["deconv"]["algorithm1"][run])
+    spec = {k: v for k, v in config["deconv"]["algorithm1"][run].items() if k not in ("pairs", "starts")}
     return preset(spec.pop("preset"), **spec, sigma=config["deconv"]["sigma"])
 
 
 def test_paper_runs_are_exactly_their_presets():
-    """No Algorithm 1 value of the demo leaks into the paper run: each paper run equals its preset field by field."""
+    """No Algorithm 1 value of the demo leaks into the paper run: each paper run equals its preset field by field,
+    but for the iteration count of the run that draws Figure 4's 4300-iteration block."""
     config = resolved("demo.yaml", "paper.yaml")
-    assert config["deconv"]["runs"] == ["authors", "paper"]
+    assert config["deconv"]["runs"] == ["authors", "paper", "authors-4300"]
     for run in config["deconv"]["runs"]:
         got = dataclasses.asdict(run_params(config, run))
         name = config["deconv"]["algorithm1"][run]["preset"]
-        assert name == run
-        want = dataclasses.asdict(preset(name, sigma=0.01))
+        assert name == run.removesuffix("-4300")
+        want = dataclasses.asdict(preset(name, sigma=0.01, **({"n_ext": 4300} if run.endswith("-4300") else {})))
         assert got == want, {k: (got[k], want[k]) for k in got if got[k] != want[k]}
     # the figures and Statement 1 draw the authors' loop (Figures 4-5 of the paper were made by it)
-    assert config["figures"]["fig4"]["run"] == config["figures"]["fig5"]["run"] == "authors"
+    assert {b["run"] for b in config["figures"]["fig4"]["blocks"]} == {"authors", "authors-4300"}
+    assert config["figures"]["fig5"]["run"] == "authors"
     assert config["deconv"]["statement1"]["run"] == "authors"
     assert config["deconv"]["kernel_size"] == 21 and config["deconv"]["sigma"] == 0.01
     # and the demo's definitions, present in the merged config, are not selected
     assert not set(config["deconv"]["runs"]) & set(load("demo.yaml")["deconv"]["runs"])
+
+
+# sections of definitions (dictionaries by name): config/paper.yaml adds its own beside the demo's, and selects
+# among them; demo_prior and theorem1 are read only for the demo's extras (extras: [] in the paper)
+DEFINITIONS = [("image_sets",), ("models",), ("deconv", "algorithm1"), ("demo_prior",), ("theorem1",)]
+
+
+def leaves(config, prefix=()):
+    """Every setting of a config as (path, value): dictionaries are walked, anything else is a value."""
+    for k, v in config.items():
+        if isinstance(v, dict):
+            yield from leaves(v, prefix + (k,))
+        else:
+            yield prefix + (k,), v
+
+
+def test_paper_config_replaces_every_selection_of_the_demo():
+    """The README's promise: --configfile config/paper.yaml replaces every selection of config/demo.yaml. Merged
+    as snakemake merges them, every setting outside the definitions comes from paper.yaml, none from the demo."""
+    demo, paper = load("demo.yaml"), load("paper.yaml")
+    merged = resolved("demo.yaml", "paper.yaml")
+    own = dict(leaves(paper))
+    inherited = [path for path, _ in leaves(merged) if path not in own
+                 and not any(path[:len(d)] == d for d in DEFINITIONS)]
+    assert inherited == [], f"config/paper.yaml inherits these settings from config/demo.yaml: {inherited}"
+    assert merged["sweep"]["baselines"] == [] != demo["sweep"]["baselines"]  # Figure 3 as the paper draws it
+    assert merged["extras"] == []  # so demo_prior and theorem1 are never read
 
 
 def test_paper_potential_settings_are_its_own():

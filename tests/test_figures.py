@@ -85,15 +85,29 @@ def test_kernel_gallery_and_fig2():
     assert len(fig.axes) == 4 and fig.axes[0].get_ylabel() == "gaussian"
 
 
-def test_fig4_picks_the_recorded_iterations_nearest_to_the_snapshots():
+def _block(rng, recorded=(0, 10, 20, 40), size=12, K=5, **extra):
+    run = {"traj_iteration": np.array(recorded), "traj_x": rng.random((len(recorded), 1, 3, size, size)),
+           "traj_h": rng.random((len(recorded), 1, K, K))}
+    return dict(run=run, x_true=rng.random((3, size, size)), h_true=rng.random((K, K)),
+                y=rng.random((3, size - K + 1, size - K + 1)), **extra)
+
+
+def test_fig4_draws_each_block_from_initialisation_to_truth():
     rng = np.random.default_rng(2)
-    run = {"traj_iteration": np.array([0, 10, 20, 40]), "traj_x": rng.random((4, 1, 3, 12, 12)),
-           "traj_h": rng.random((4, 1, 5, 5))}
-    truth = {"x_true": rng.random((3, 12, 12)), "h_true": rng.random((5, 5))}
-    fig = figures.fig4(truth, {"wide": run, "small": run}, snapshots=[9, 35])
-    assert [ax.get_title() for ax in fig.axes[:3]] == ["n = 10", "n = 40", "truth"]
-    shown = fig.axes[0].get_images()[0].get_array()
-    np.testing.assert_allclose(shown, run["traj_x"][1, 0].transpose(1, 2, 0))
+    blocks = [_block(rng, iterations=[10, 40], label="a"), _block(rng, iterations=[20], label="b")]
+    fig = figures.fig4(blocks)
+    titles = [ax.get_title() for ax in fig.axes]
+    # per block: (x, h) per column, x first; the shorter block has fewer columns before its truth
+    assert titles[::2] == ["Initialisation", "n = 10", "n = 40", "true signal", "Initialisation", "n = 20",
+                           "true signal"]
+    shown = fig.axes[4].get_images()[0].get_array()  # block a, n = 40 (axes x, h per column): recorded index 3
+    np.testing.assert_allclose(shown, blocks[0]["run"]["traj_x"][3, 0].transpose(1, 2, 0))
+    np.testing.assert_allclose(fig.axes[1].get_images()[0].get_array(), blocks[0]["run"]["traj_h"][0, 0])
+    np.testing.assert_allclose(fig.axes[6].get_images()[0].get_array(), blocks[0]["x_true"].transpose(1, 2, 0))
+    assert [t.get_text() for t in fig.axes[0].texts] == ["a"] and [t.get_text() for t in fig.axes[8].texts] == ["b"]
+    assert (fig.axes[0].get_ylabel(), fig.axes[1].get_ylabel()) == ("x", "h")
+    with pytest.raises(ValueError, match=r"iterations \[30\] that its run did not record"):
+        figures.fig4([_block(rng, iterations=[30], label="c")])
 
 
 def test_fig5_has_one_column_per_pair_and_five_rows():
@@ -103,3 +117,29 @@ def test_fig5_has_one_column_per_pair_and_five_rows():
     fig = figures.fig5([col, col, col])
     assert len(fig.axes) == 15
     assert [fig.axes[3 * i].get_ylabel() for i in range(5)] == ["x̄", "h̄", "y", "x̂", "ĥ"]
+
+
+@pytest.mark.parametrize("K", [5, 4])
+def test_fig5_draws_y_at_its_true_scale_in_x_bar_frame(K):
+    """y (valid: K - 1 pixels smaller than x̄) is not stretched to the panel: the y panel spans x̄'s pixel grid, y sits
+    where diractrap.problems.make_problem crops it (offset K - 1 - K // 2), one pixel of y as wide as one of x̄."""
+    from diractrap.problems import make_problem
+
+    rng = np.random.default_rng(4)
+    x, h = torch.rand(1, 3, 16, 16, dtype=torch.float64), torch.rand(K, K, dtype=torch.float64)
+    h /= h.sum()
+    y, y_full = make_problem(x, h, sigma=0.0, full=True)
+    col = dict(x_true=x[0].numpy(), h_true=h.numpy(), y=y[0].numpy(), x_hat=rng.random((3, 16, 16)),
+               h_hat=h.numpy())
+    fig = figures.fig5([col, col])
+    fig.canvas.draw()
+    ax_x, ax_y, ax_hat = fig.axes[0], fig.axes[4], fig.axes[6]  # rows x̄, h̄, y, x̂, ĥ, two columns
+    assert ax_y.get_xlim() == ax_x.get_xlim() == (-0.5, 15.5) and ax_y.get_ylim() == ax_x.get_ylim() == (15.5, -0.5)
+    assert ax_hat.get_xlim() == ax_x.get_xlim()
+    off = K - 1 - K // 2
+    n = 16 - K + 1
+    assert ax_y.get_images()[0].get_extent() == [off - 0.5, off + n - 0.5, off + n - 0.5, off - 0.5]
+    np.testing.assert_allclose(ax_y.get_position().size, ax_x.get_position().size)  # same panel, same pixel size
+    # the pixels drawn are y's, and they are the valid centre of the blurry image at the size of x
+    np.testing.assert_allclose(ax_y.get_images()[0].get_array(), y[0].numpy().transpose(1, 2, 0))
+    np.testing.assert_allclose(y_full[0, :, off:off + n, off:off + n], y[0])

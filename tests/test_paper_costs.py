@@ -46,14 +46,16 @@ def test_work_counts_follow_the_config(paper):
     # kernel step k after each reset of 100, plus one final D(z) per kernel step; 'paper' 10 gradient steps
     import numpy as np
 
-    assert d["runs"] == ["authors", "paper"] and d["continuation"]["n_ext"] == 1000
+    assert d["runs"] == ["authors", "paper", "authors-4300"] and d["continuation"]["n_ext"] == 1000
     per_reset = np.maximum(10, np.floor(50 - np.arange(100) * 40 / 15)) + 1
-    authors = {n_ext: int(per_reset.sum() * n_ext // 100) for n_ext in (3000, 1000)}
+    authors = {n_ext: int(per_reset.sum() * n_ext // 100) for n_ext in (3000, 1000, 4300)}
     paper_steps = {n_ext: 10 * n_ext for n_ext in (3000, 1000)}
     pairs, starts = len(d["pairs"]), len(d["starts"])
     want = sum(pairs * starts * w[3000] + pairs * w[1000] for w in (authors, paper_steps))
+    assert d["algorithm1"]["authors-4300"] == {"preset": "authors", "n_ext": 4300, "pairs": [2], "starts": ["small"]}
+    want += authors[4300]  # Figure 4's long block: one problem, one job
     assert work["algorithm1"]["forwards"] == want
-    assert work["algorithm1"]["jobs"] == 2 * (starts + 1) and work["algorithm1"]["vjps"] == 0
+    assert work["algorithm1"]["jobs"] == 2 * (starts + 1) + 1 and work["algorithm1"]["vjps"] == 0
     pairs = len(d["pairs"])
     assert work["statement1"]["forwards"] == pairs * d["statement1"]["n_iter_delta"] + 3 * pairs * nfe
 

@@ -130,14 +130,21 @@ def test_paper_workflow_runs_end_to_end_on_full_size_standins(standins, serve, t
         c = standins["checkpoints"][m]
         assert sha256sum(repo / "data/checkpoints" / c["file"]) == c["sha256"]
         assert (repo / "data/checkpoints" / c["file"]).stat().st_size == c["size"]
-    assert counts["download_checkpoint"] == 4 and counts["dataset_shard"] == 3
+    from diractrap.datasets import plan_shards
+    from test_config import resolved
+
+    merged = resolved("demo.yaml", "paper.yaml", "smoke.yaml")
+    sets = {merged["models"][m]["images"] for m in MODELS} | {merged["deconv"]["images"]}
+    planned = {s for name in sets for s in plan_shards(merged["image_sets"][name]["source"],
+                                                       merged["image_sets"][name]["count"])}
+    assert counts["download_checkpoint"] == 4 and counts["dataset_shard"] == len(planned) == 22
 
     # the sweeps ran the real networks at their real resolutions on the files just downloaded
     n_thetas = sum(len(f["thetas"]) for f in smoke["sweep"]["families"])
     for m in MODELS:
         full = pd.read_parquet(repo / f"results/paper/potential/{m}.parquet")
-        assert full.groupby("prior").size().to_dict() == {p: n_thetas for p in ("diffusion", "gaussian", "tv")}
-        table = full[full["prior"] == "diffusion"]  # the network's rows (the baselines' rows beside them)
+        assert full.groupby("prior").size().to_dict() == {"diffusion": n_thetas}  # no baselines: paper's Figure 3
+        table = full
         assert table["q"].notna().all()
         assert set(table["checkpoint_sha256"]) == {standins["checkpoints"][m]["sha256"]}
         assert set(table["family"]) == {"gaussian", "motion", "airy", "defocus"}
@@ -145,9 +152,10 @@ def test_paper_workflow_runs_end_to_end_on_full_size_standins(standins, serve, t
 
     # Algorithm 1 at 256 x 256 with K = 21 for the paper's four pairs and two starts; the Statement 1 table
     runs = pd.read_csv(repo / "results/paper/deconv/ffhq256/algorithm1.csv")
-    d = paper["deconv"]  # both presets, both starts and each run's continuation, for the four pairs
-    assert len(runs) == len(d["runs"]) * len(d["pairs"]) * (len(d["starts"]) + 1) == 24
+    d = paper["deconv"]  # both presets, both starts and each run's continuation, for the four pairs; and the one
+    assert len(runs) == 2 * len(d["pairs"]) * (len(d["starts"]) + 1) + 1 == 25  # problem of Figure 4's long block
     assert set(runs["preset"]) == {"authors", "paper"}
+    assert runs[runs["run"] == "authors-4300"][["pair", "start"]].values.tolist() == [[2, "small"]]
     import numpy as np
 
     with np.load(repo / "results/paper/deconv/ffhq256/authors/pair0/wide.npz") as z:
@@ -167,8 +175,38 @@ def test_paper_workflow_runs_end_to_end_on_full_size_standins(standins, serve, t
     shown = [ax.get_title() for ax in fig.axes if ax.axison]
     assert shown == [f"{t} (1 images)" for t in titles]
 
+    check_figures_4_5(repo, merged, paper)
+
     assert not list(repo.rglob("*.part"))
     assert "Nothing to be done" in snakemake(repo, "-n", *CONFIGS, env=env).stdout
+
+
+def check_figures_4_5(repo: Path, merged: dict, paper: dict) -> None:
+    """Figures 4 and 5 redrawn from a run's files as their scripts draw them: the paper's blocks (with the smoke run's
+    iterations) and the paper's rows and columns (tests/test_paper_figures.py holds the paper's layout)."""
+    import numpy as np
+
+    from diractrap import figures
+    from diractrap.problems import pair_title
+    from test_paper_figures import check_fig4, check_fig5
+
+    d, out = merged["deconv"], repo / "results/paper/deconv/ffhq256"
+    blocks = merged["figures"]["fig4"]["blocks"]
+    assert [(b["run"], b["pair"], b["start"]) for b in blocks] == [(b["run"], b["pair"], b["start"])
+                                                                    for b in paper["figures"]["fig4"]["blocks"]]
+    drawn = []
+    for b in blocks:
+        with np.load(out / f"pair{b['pair']}/problem.npz") as z:
+            truth = {k: z[k] for k in ("x_true", "h_true", "y")}
+        drawn.append(dict(truth, run=figures.load_run(out / f"{b['run']}/pair{b['pair']}/{b['start']}.npz"),
+                          iterations=b["iterations"], label=f"{pair_title(d['pairs'][b['pair']])}, {b['start']} start"))
+    check_fig4(figures.fig4(drawn), blocks, d["pairs"])
+    columns = []
+    for p in paper["figures"]["fig5"]["pairs"]:
+        r = figures.load_run(out / f"{paper['figures']['fig5']['run']}/pair{p}/wide.npz")
+        with np.load(out / f"pair{p}/problem.npz") as z:
+            columns.append(dict(x_true=z["x_true"], h_true=z["h_true"], y=z["y"], x_hat=r["x"][0], h_hat=r["h"][0]))
+    check_fig5(figures.fig5(columns), len(d["pairs"]))
 
 
 # ---------------------------------------------------------------------------------------------------------------

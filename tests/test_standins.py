@@ -86,8 +86,8 @@ def test_shards_have_the_hub_schema_for_every_paper_set(standins):
 
     root = Path(manifest["root"])
     for name, d in datasets.DATASETS.items():
-        shard = root / manifest["shards"][d.shard]["path"]
-        s = datasets.paper_image_set(name, count=2, shard_file=shard)
+        shards = [root / manifest["shards"][n]["path"] for n in datasets.plan_shards(name, 2)]
+        s = datasets.paper_image_set(name, count=2, shard_files=shards)
         assert s.images.shape == (2, d.resolution, d.resolution, 3) and s.images.dtype == np.uint8
         assert ((s.labels >= 0) & (s.labels < 1000)).all() if d.labels else (s.labels == -1).all()
     assert REGISTRY["ffhq256"].filename == manifest["checkpoints"]["ffhq256"]["file"]

@@ -132,15 +132,23 @@ def test_paper_dag_resolves_offline(parse_repo, capsys):
                  for m in models)
     assert counts["sweep_chunk"] == chunks * len(families)
     assert counts["merge_sweep"] == len(models)
-    # one batched job per run and start (all pairs), plus the continuation from the wide start of each run
-    assert counts["algorithm1"] == len(paper["deconv"]["runs"]) * (len(paper["deconv"]["starts"]) + 1)
-    # one download per prior, one image set per model's images, one shard per source (FFHQ-256 and -64 share one)
-    from diractrap.datasets import DATASETS
+    # one batched job per complete run and start (all pairs), plus the continuation from the wide start of each; a
+    # run that selects pairs and starts (Figure 4's long block) one job per pair and start
+    d = paper["deconv"]
+    complete = [r for r in d["runs"] if not {"pairs", "starts"} & set(d["algorithm1"][r])]
+    assert counts["algorithm1"] == len(complete) * (len(d["starts"]) + 1)
+    assert counts.get("algorithm1_pair", 0) == sum(len(d["algorithm1"][r]["pairs"]) * len(d["algorithm1"][r]["starts"])
+                                                   for r in d["runs"] if r not in complete)
+    # one download per prior, one image set per model's images, one download per shard its selection plans (the
+    # FFHQ-256 and -64 sets share theirs)
+    from diractrap.datasets import plan_shards
 
     image_sets = {paper["models"][m]["images"] for m in models}
     assert counts["download_checkpoint"] == len({paper["models"][m]["prior"] for m in models})
     assert counts["image_set"] == len(image_sets)
-    assert counts["dataset_shard"] == len({DATASETS[paper["image_sets"][s]["source"]].shard for s in image_sets})
+    planned = {s for name in image_sets for s in plan_shards(paper["image_sets"][name]["source"],
+                                                             paper["image_sets"][name]["count"])}
+    assert counts["dataset_shard"] == len(planned)
     assert all(counts[f"fig{i}"] == 1 for i in range(1, 6)) and counts["statement1"] == 1
     assert "demo" not in "".join(re.findall(r"output: (.*)", out))  # the paper's selections replace the demo's
     assert [p.name for p in (repo / "data").iterdir()] == ["README.md"]  # nothing was downloaded while parsing
@@ -153,6 +161,10 @@ def test_paper_dag_resolves_offline(parse_repo, capsys):
     ({"deconv": {"algorithm1": {"authors-demo": {"gamma_h_scale": 3}}}}, "gamma_h_scale"),  # above 2 / L_h
     ({"deconv": {"runs": ["authors-demo", "nonexistent"]}}, "deconv.runs[1]"),
     ({"figures": {"fig3": {"models": ["nonexistent"]}}}, "figures.fig3.models[0]"),  # a dangling reference
+    ({"figures": {"fig4": {"blocks": [{"run": "authors-demo", "pair": 2, "start": "wide", "iterations": [300]}]}}},
+     "figures.fig4.blocks[0].iterations: [300] lie beyond"),  # the run stops at n_ext = 200
+    ({"figures": {"fig4": {"blocks": [{"run": "authors-demo", "pair": 2, "start": "wide", "iterations": [30]}]}}},
+     "figures.fig4.blocks[0].iterations: [30] are not in deconv.snapshots"),
     ({"sweeep": 3}, "config key sweeep: unknown key; allowed under (top level): " + ", ".join(sorted(
         yaml.safe_load((ROOT / "workflow/schemas/config.schema.yaml").read_text())["properties"]))),  # was 666 lines
     ({"models": {"demo": {"prior": "demoo"}}}, "models.demo.prior: 'demoo' is neither a registered prior"),  # was a
@@ -339,12 +351,15 @@ def test_reduced_demo_through_slurm_equals_the_local_run(repo_factory, reduced_r
 
 
 def test_schema_knows_every_algorithm1_parameter():
-    """A run's keys are a preset name and Algorithm1Params' fields (sigma excepted: it is deconv.sigma)."""
+    """A run's keys are a preset name, Algorithm1Params' fields (sigma excepted: it is deconv.sigma) and the
+    selection of pairs and starts it runs (common.smk's RUN_SELECTIONS, popped before the preset is built)."""
     import dataclasses
 
     from diractrap.deconv import PRESETS, Algorithm1Params
 
     schema = yaml.safe_load((ROOT / "workflow/schemas/config.schema.yaml").read_text())
     run = schema["$defs"]["algorithm1_run"]["properties"]
-    assert set(run) == {f.name for f in dataclasses.fields(Algorithm1Params)} - {"sigma"} | {"preset"}
+    selections = {"pairs", "starts"}
+    assert set(run) == {f.name for f in dataclasses.fields(Algorithm1Params)} - {"sigma"} | {"preset"} | selections
+    assert not selections & {f.name for f in dataclasses.fields(Algorithm1Params)}  # never a parameter's name
     assert set(run["preset"]["enum"]) == set(PRESETS)

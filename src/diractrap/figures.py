@@ -25,8 +25,8 @@ import torch  # noqa: E402
 from .data import atomic_path  # noqa: E402
 from .problems import load_result  # noqa: E402
 
-__all__ = ["STYLE", "use_style", "save", "kernel_gallery", "load_run", "fig1", "fig2", "fig3", "fig4", "fig5",
-           "fig_theorem1", "samples_figure"]
+__all__ = ["STYLE", "use_style", "save", "kernel_gallery", "load_run", "fig1", "fig2", "fig3", "fig4",
+           "fig5", "fig_theorem1", "samples_figure"]
 
 STYLE = Path(__file__).with_name("diractrap.mplstyle")
 WIDTH = 7.0  # inches: a two-column paper's text width
@@ -125,7 +125,7 @@ def fig1(table: pd.DataFrame, images, *, item: int, thetas, family: str = "gauss
         h = kernel(family, float(t), kernel_size, angle, dtype=torch.float64)
         _image(ax, blur_same(x, h, boundary)[0].numpy())
         q = rows.loc[rows["theta"] == float(t), "q"].item()
-        ax.set_title(f"θ = {t:g}\nq − q(x) = {q - q0:+.1f}", fontsize=7)
+        ax.set_title(f"θ = {t:g}\nq − q(x) = {q - q0:+.1f}", fontsize=7 if n <= 4 else 6)
     ax = fig.add_subplot(grid[1, :])
     ax.plot(rows["theta"], rows["q"] - q0, marker="o", color="C0")
     ax.plot(list(map(float, thetas)), [rows.loc[rows["theta"] == float(t), "q"].item() - q0 for t in thetas],
@@ -134,7 +134,7 @@ def fig1(table: pd.DataFrame, images, *, item: int, thetas, family: str = "gauss
     ax.set_ylabel("q(h_θ ⋆ x) − q(x)  [nats]")
     ax.legend(loc="upper right")
     if title:
-        fig.suptitle(title, y=1.0)
+        fig.suptitle(title, y=1.04)  # above the two-line panel titles
     return fig
 
 
@@ -238,46 +238,97 @@ def fig3(panels, *, relative: bool = True, band=(0.1, 0.9), ncols: int = 2):
 load_run = load_result  # the arrays of an Algorithm 1 result file (diractrap.problems owns the format)
 
 
-def _nearest(iterations: np.ndarray, wanted) -> list[int]:
-    return [int(np.abs(iterations - w).argmin()) for w in wanted]
+def _y_offset(x_shape, y_shape) -> tuple[int, int]:
+    """Where y (the valid part of h * x) sits in x's pixel grid: (top, left) = ((H - h) // 2, (W - w) // 2), i.e.
+    K - 1 - K // 2 for a K x K kernel, as diractrap.problems.make_problem crops it."""
+    return (x_shape[-2] - y_shape[-2]) // 2, (x_shape[-1] - y_shape[-1]) // 2
 
 
-def fig4(truth: dict, runs: dict, *, snapshots, item: int = 0):
-    """Iterates of Algorithm 1 from each start (``runs``: start name -> :func:`load_run` dict) at the recorded
-    iterations nearest to ``snapshots``: for each start a row of images x_n and a row of kernels h_n, with the
-    true image and kernel (``truth``: x_true (C, H, W), h_true (K, K)) in the last column."""
+def _mark_footprint(ax, x_shape, y_shape, **style) -> None:
+    """A dashed rectangle around the part of an image of x's size that y covers (y's footprint)."""
+    from matplotlib.patches import Rectangle
+
+    top, left = _y_offset(x_shape, y_shape)
+    ax.add_patch(Rectangle((left - 0.5, top - 0.5), y_shape[-1], y_shape[-2], fill=False,
+                           **{"ls": "--", "lw": 0.6, "ec": "white", **style}))
+
+
+def _observation(ax, y, x_shape) -> None:
+    """y (C, h, w) at its true scale in a panel the size of x (C, H, W): the pixels y does not see are left blank
+    (light grey), so the columns of x̄, y and x̂ line up pixel for pixel."""
+    a = np.clip(np.asarray(y, dtype=np.float64), 0, 1)
+    top, left = _y_offset(x_shape, a.shape)
+    h, w = a.shape[-2:]
+    ax.imshow(a[0] if a.shape[0] == 1 else a.transpose(1, 2, 0), cmap="gray" if a.shape[0] == 1 else None, vmin=0,
+              vmax=1, extent=(left - 0.5, left + w - 0.5, top + h - 0.5, top - 0.5))
+    ax.set_xlim(-0.5, x_shape[-1] - 0.5)
+    ax.set_ylim(x_shape[-2] - 0.5, -0.5)
+    ax.set_facecolor("0.88")
+    _bare(ax)
+
+
+def fig4(blocks):
+    """Algorithm 1's iterates as the paper's Figure 4 draws them: blocks one above the other, each under its label,
+    two rows (the images x_n and the kernels h(θ_n), kernels scaled to their maximum) and the columns
+    "Initialisation" (n = 0: x_0 and h(θ_0), y's footprint dashed on x_0), the block's iterations n, and "true
+    signal" (x̄, h̄).
+
+    ``blocks``: dicts with ``run`` (a :func:`load_run` dict of one problem), ``x_true`` (C, H, W), ``h_true``
+    (K, K), ``y`` (C, H - K + 1, W - K + 1), ``iterations`` (the outer iterations shown; each must have been
+    recorded), ``label`` (the block's name) and optionally ``item`` (the problem's index in the run, default 0).
+    """
     use_style()
-    n = len(snapshots)
-    fig, axes = plt.subplots(2 * len(runs), n + 1, figsize=(WIDTH, WIDTH / (n + 1) * 2 * len(runs) * 1.12),
-                             squeeze=False)
-    for r, (start, run) in enumerate(runs.items()):
-        its = run["traj_iteration"]
-        for j, k in enumerate(_nearest(its, snapshots)):
-            _image(axes[2 * r, j], run["traj_x"][k, item])
-            _kernel(axes[2 * r + 1, j], run["traj_h"][k, item])
-            axes[2 * r, j].set_title(f"n = {its[k]}", fontsize=7)
-        axes[2 * r, 0].set_ylabel(f"{start}: x", fontsize=8)
-        axes[2 * r + 1, 0].set_ylabel(f"{start}: h", fontsize=8)
-        _image(axes[2 * r, n], truth["x_true"])
-        _kernel(axes[2 * r + 1, n], truth["h_true"])
-        axes[2 * r, n].set_title("truth", fontsize=7)
+    ncol = max(len(b["iterations"]) for b in blocks) + 2
+    rows = 2 * len(blocks)
+    fig = plt.figure(figsize=(WIDTH, WIDTH / ncol * (rows + 0.55 * len(blocks))))
+    outer = fig.add_gridspec(len(blocks), 1, hspace=0.42)
+    for r, block in enumerate(blocks):
+        run, item = block["run"], block.get("item", 0)
+        its = [int(i) for i in run["traj_iteration"]]
+        missing = [n for n in [0, *block["iterations"]] if n not in its]
+        if missing:
+            raise ValueError(f"Figure 4 block {block['label']!r} shows iterations {missing} that its run did not "
+                             f"record (recorded: {its}); add them to deconv.snapshots and check the run's n_ext")
+        grid = outer[r].subgridspec(2, ncol, wspace=0.06, hspace=0.06)
+        columns = [("Initialisation", its.index(0))] + [(f"n = {n}", its.index(n)) for n in block["iterations"]]
+        for j, (title, k) in enumerate(columns):
+            ax_x, ax_h = fig.add_subplot(grid[0, j]), fig.add_subplot(grid[1, j])
+            _image(ax_x, run["traj_x"][k, item])
+            _kernel(ax_h, run["traj_h"][k, item])
+            ax_x.set_title(title, fontsize=6)
+            if j == 0:
+                _mark_footprint(ax_x, run["traj_x"].shape[-2:], np.shape(block["y"])[-2:])
+                ax_x.set_ylabel("x", fontsize=6)
+                ax_h.set_ylabel("h", fontsize=6)
+                ax_x.text(0, 1.32, block["label"], transform=ax_x.transAxes, ha="left", va="bottom", fontsize=6.5,
+                          weight="bold")  # the block's heading, above its column titles
+        ax_x, ax_h = fig.add_subplot(grid[0, ncol - 1]), fig.add_subplot(grid[1, ncol - 1])
+        _image(ax_x, block["x_true"])
+        _kernel(ax_h, block["h_true"])
+        ax_x.set_title("true signal", fontsize=6)
     return fig
 
 
 def fig5(columns):
     """One column per pair, rows x̄, h̄, y, x̂, ĥ. ``columns``: dicts with x_true, h_true, y, x_hat, h_hat and an
-    optional title ((C, H, W) images in [0, 1], (K, K) kernels)."""
+    optional title ((C, H, W) images in [0, 1], (K, K) kernels; y (C, H - K + 1, W - K + 1) is drawn at its true
+    scale, in a panel the size of x̄ whose border it does not see is left blank)."""
     use_style()
-    rows = [("x̄", "x_true", _image), ("h̄", "h_true", _kernel), ("y", "y", _image), ("x̂", "x_hat", _image),
-            ("ĥ", "h_hat", _kernel)]
+    rows = [("x̄", "x_true"), ("h̄", "h_true"), ("y", "y"), ("x̂", "x_hat"), ("ĥ", "h_hat")]
     n = len(columns)
     fig, axes = plt.subplots(len(rows), n, figsize=(WIDTH * min(n, 4) / 4, WIDTH * min(n, 4) / 4 / n * 5.4),
                              squeeze=False)
     for j, col in enumerate(columns):
-        for i, (label, key, draw) in enumerate(rows):
-            draw(axes[i, j], col[key])
+        for i, (label, key) in enumerate(rows):
+            ax = axes[i, j]
+            if key == "y":
+                _observation(ax, col["y"], np.shape(col["x_true"]))
+            elif key.startswith("h"):
+                _kernel(ax, col[key])
+            else:
+                _image(ax, col[key])
             if j == 0:
-                axes[i, j].set_ylabel(label, fontsize=9, rotation=0, labelpad=12, va="center")
+                ax.set_ylabel(label, fontsize=9, rotation=0, labelpad=12, va="center")
         if col.get("title"):
             axes[0, j].set_title(col["title"], fontsize=7)
     return fig

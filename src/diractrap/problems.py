@@ -22,8 +22,8 @@ from .kernels import kernel, levin_kernel
 from .metrics import metrics
 from .rng import ItemGenerators
 
-__all__ = ["pair_kernel", "make_problem", "save_problem", "load_problem", "PairsRun", "run_pairs", "save_result",
-           "load_result", "provenance_key", "table_rows", "summary", "run_job"]
+__all__ = ["pair_kernel", "pair_title", "make_problem", "save_problem", "load_problem", "PairsRun", "run_pairs",
+           "save_result", "load_result", "provenance_key", "table_rows", "summary", "run_job"]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -37,6 +37,15 @@ def pair_kernel(family: str, theta, kernel_size: int, angle=None, *, dtype=torch
     if family == "levin":
         return levin_kernel(int(theta), kernel_size, dtype=dtype)
     return kernel(family, theta, kernel_size, angle, dtype=dtype)
+
+
+def pair_title(pair: dict) -> str:
+    """A deconvolution pair's kernel in words, from its definition (family, theta, angle): "motion 45°, θ = 10",
+    "Levin et al. #1" (a camera shake), "gaussian, θ = 3" (the figures' column and block titles)."""
+    if pair["family"] == "levin":
+        return f"Levin et al. #{int(pair['theta'])}"
+    angle = f" {pair['angle']:g}°" if pair.get("angle") is not None else ""
+    return f"{pair['family']}{angle}, θ = {pair['theta']:g}"
 
 
 def make_problem(
@@ -234,11 +243,13 @@ def run_job(denoiser, problem_files, start, job: dict, run_files, summary_files,
     Algorithm1Params). Writes per pair a result file and a JSON summary with its table row; returns the rows.
 
     ``job`` also carries: device, labels (diractrap.datasets.class_labels mode), kernel_size, snapshots, run and
-    preset (the table's names), model, pairs (the config's pair definitions: family, theta, angle).
+    preset (the table's names), model, pairs (the config's pair definitions of these files: family, theta,
+    angle) and pair_ids (their indices in the config; default 0, 1, ...).
     """
     from .datasets import class_labels
 
     probs = [load_problem(f) for f in problem_files]
+    ids = job.get("pair_ids", range(len(probs)))  # the config's pair index of each problem file
     dev = job["device"]
 
     def stack(key):
@@ -256,8 +267,9 @@ def run_job(denoiser, problem_files, start, job: dict, run_files, summary_files,
         r, s, d = res.item(b), {k: v[b : b + 1] for k, v in scores.items()}, job["pairs"][b]
         save_result(run_path, r, x_true=probs[b]["x_true"].numpy(), h_true=probs[b]["h_true"].numpy(),
                     y=probs[b]["y"].numpy())
-        row = table_rows(r, s, pair=b, start=start_name, run=job["run"], preset=job["preset"], image=probs[b]["image"],
-                         family=d["family"], theta=d["theta"], angle=d.get("angle"), model=job["model"])[0]
+        row = table_rows(r, s, pair=ids[b], start=start_name, run=job["run"], preset=job["preset"],
+                         image=probs[b]["image"], family=d["family"], theta=d["theta"], angle=d.get("angle"),
+                         model=job["model"])[0]
         with atomic_path(summary_path) as tmp:
             tmp.write_text(json.dumps({"summary": summary(r, s), "rows": [row]}, indent=1, default=str))
         rows.append(row)

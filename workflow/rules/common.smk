@@ -1,5 +1,6 @@
 # Helpers of the workflow: config validation, paths, and the functions that rules use as input/params/resources.
 # Nothing here downloads or computes: parsing stays fast and offline (a dry run of the paper config needs no network).
+import re
 from pathlib import Path
 
 import yaml
@@ -8,8 +9,9 @@ from snakemake.utils import validate
 import dataclasses
 
 from diractrap.checks import config_errors
-from diractrap.datasets import DATASETS, SHARDS, shard_path
+from diractrap.datasets import SHARDS, plan_shards, shard_path
 from diractrap.deconv import preset
+from diractrap.problems import pair_title
 from diractrap.models import REGISTRY, checkpoint_path
 
 
@@ -92,9 +94,8 @@ def check_references():
         if m not in SWEEP["models"]:
             config_error(f"figures.fig3.models[{i}]", f"{m!r} is not swept (sweep.models)")
     n_pairs = len(DECONV["pairs"])
-    for key, pairs in (("figures.fig4.pair", [FIGS["fig4"]["pair"]]), ("figures.fig5.pairs", FIGS["fig5"]["pairs"])):
-        if max(pairs) >= n_pairs:
-            config_error(key, f"pair index beyond deconv.pairs ({n_pairs} pairs)")
+    if max(FIGS["fig5"]["pairs"]) >= n_pairs:
+        config_error("figures.fig5.pairs", f"pair index beyond deconv.pairs ({n_pairs} pairs)")
     for start in ("wide", "small"):
         if start not in DECONV["starts"]:
             config_error("deconv.starts", f"Figure 4 compares the wide and small starts: {start!r} is missing")
@@ -102,14 +103,34 @@ def check_references():
         config_error("deconv.statement1.start", "must be one of deconv.starts")
     defined = DECONV["algorithm1"]
     for key, run in [(f"deconv.runs[{i}]", r) for i, r in enumerate(DECONV["runs"])] + [
-        ("deconv.statement1.run", DECONV["statement1"]["run"]), ("figures.fig4.run", FIGS["fig4"]["run"]),
-        ("figures.fig5.run", FIGS["fig5"]["run"])]:
+        ("deconv.statement1.run", DECONV["statement1"]["run"]), ("figures.fig5.run", FIGS["fig5"]["run"])] + [
+        (f"figures.fig4.blocks[{i}].run", b["run"]) for i, b in enumerate(FIGS["fig4"]["blocks"])]:
         if run not in DECONV["runs"]:
             config_error(key, f"{run!r} is not one of deconv.runs ({', '.join(DECONV['runs'])})")
         if run not in defined:
             config_error(key, f"{run!r} is not defined under deconv.algorithm1 ({', '.join(defined)})")
     for run in DECONV["runs"]:
         resolved_run(run)
+        for p in run_pair_ids(run):
+            if p >= n_pairs:
+                config_error(f"deconv.algorithm1.{run}.pairs", f"pair index {p} beyond deconv.pairs ({n_pairs} pairs)")
+        if not set(DECONV["algorithm1"][run].get("starts", DECONV["starts"])) <= set(DECONV["starts"]):
+            config_error(f"deconv.algorithm1.{run}.starts", "must be among deconv.starts")
+    for key, run in (("deconv.statement1.run", DECONV["statement1"]["run"]), ("figures.fig5.run", FIGS["fig5"]["run"])):
+        if not complete_run(run):
+            config_error(key, f"{run!r} selects pairs or starts: this needs a run of every pair from every start")
+    for i, b in enumerate(FIGS["fig4"]["blocks"]):  # every block's iterates are recorded by the run it draws
+        key = f"figures.fig4.blocks[{i}]"
+        if b["pair"] not in run_pair_ids(b["run"]) or b["start"] not in run_start_names(b["run"]):
+            config_error(key, f"run {b['run']!r} does not run pair {b['pair']} from the {b['start']} start")
+        n_ext = resolved_run(b["run"])["n_ext"]
+        late = [n for n in b["iterations"] if n > n_ext]
+        if late:
+            config_error(f"{key}.iterations", f"{late} lie beyond run {b['run']!r}'s n_ext = {n_ext}")
+        unrecorded = [n for n in b["iterations"] if n not in DECONV["snapshots"] and n != n_ext]
+        if unrecorded or 0 not in DECONV["snapshots"]:
+            config_error(f"{key}.iterations", f"{unrecorded or [0]} are not in deconv.snapshots: the run would not "
+                         "record them")
     cont = DECONV.get("continuation")
     if cont and cont["start"] not in DECONV["starts"]:
         config_error("deconv.continuation.start", "must be one of deconv.starts")
@@ -139,10 +160,14 @@ def image_set_file(name):
     return f"{RESULTS}/images/{name}.npz"
 
 
-def image_set_shard(wildcards):
-    """The dataset shard a paper image set is made from (nothing for the embedded demo crops)."""
-    source = config["image_sets"][wildcards.set]["source"]
-    return [] if source == "demo" else [str(shard_path(DATASETS[source].shard, DATASETS_DIR))]
+def image_set_shards(wildcards):
+    """The dataset shards a paper image set reads, as its pinned selection plans them (diractrap.datasets
+    .plan_shards: the files its images are spread over, or every file of a split drawn by class); nothing for the
+    embedded demo crops."""
+    spec = config["image_sets"][wildcards.set]
+    if spec["source"] == "demo":
+        return []
+    return [str(shard_path(s, DATASETS_DIR)) for s in plan_shards(spec["source"], spec["count"])]
 
 
 def image_set_params(wildcards):
@@ -319,15 +344,36 @@ def all_pairs():
     return range(len(DECONV["pairs"]))
 
 
-def run_starts():
-    """The starts every run is made from, plus "continued" when a continuation is configured."""
-    return list(DECONV["starts"]) + (["continued"] if DECONV.get("continuation") else [])
+RUN_SELECTIONS = ("pairs", "starts")  # keys of a run definition that select problems, not Algorithm 1 parameters
+
+
+def complete_run(run):
+    """A run of every pair from every start (one batched job per start, and the continuation); otherwise the run
+    selects pairs or starts (one job per pair and start: e.g. a longer run for one block of Figure 4 alone)."""
+    return not any(k in DECONV["algorithm1"][run] for k in RUN_SELECTIONS)
+
+
+def run_pair_ids(run):
+    return list(DECONV["algorithm1"][run].get("pairs", all_pairs()))
+
+
+def run_start_names(run):
+    """The starts a run is made from, plus "continued" for a complete run when a continuation is configured."""
+    spec = DECONV["algorithm1"][run]
+    cont = ["continued"] if DECONV.get("continuation") and complete_run(run) else []
+    return list(spec.get("starts", DECONV["starts"])) + cont
+
+
+def runs_regex(complete):
+    """The runs of one kind, as a wildcard constraint (a pattern that matches nothing when there is none)."""
+    names = [re.escape(r) for r in DECONV["runs"] if complete_run(r) == complete]
+    return "|".join(names) if names else "(?!)"
 
 
 def resolved_run(run):
     """A run's complete Algorithm 1 parameters: its preset (diractrap.deconv.PRESETS) with the config's overrides
     and the problems' sigma, checked by the library (an unknown key or value stops the parse, naming the run)."""
-    spec = dict(DECONV["algorithm1"][run])
+    spec = {k: v for k, v in DECONV["algorithm1"][run].items() if k not in RUN_SELECTIONS}
     name = spec.pop("preset")
     try:
         params = preset(name, **spec, sigma=DECONV["sigma"])
@@ -359,9 +405,15 @@ def algorithm1_params(wildcards):
         params.update({k: v for k, v in DECONV["continuation"].items() if k != "start"})
         if "rel_step" in DECONV["continuation"]:
             params["rel_budget"] = None  # an explicit rel_step is used as given (diractrap.deconv.preset)
+    ids = [int(wildcards.pair)] if "pair" in wildcards.keys() else list(all_pairs())
     return dict(model_job(DECONV["model"]), run=wildcards.run, preset=DECONV["algorithm1"][wildcards.run]["preset"],
                 kernel_size=DECONV["kernel_size"], algorithm1=params, snapshots=DECONV["snapshots"],
-                pairs=DECONV["pairs"])
+                pairs=[DECONV["pairs"][p] for p in ids], pair_ids=ids)
+
+
+def algorithm1_pair_inputs(wildcards):
+    """One pair of a run that selects pairs or starts (rule algorithm1_pair)."""
+    return dict(problems=[problem_file(wildcards.pair)], weights=checkpoint_file(DECONV["model"]))
 
 
 def statement1_inputs(wildcards):
@@ -388,7 +440,7 @@ def statement1_params(wildcards):
 
 
 def algorithm1_summaries(wildcards):
-    return [run_file(r, p, s, "json") for r in DECONV["runs"] for p in all_pairs() for s in run_starts()]
+    return [run_file(r, p, s, "json") for r in DECONV["runs"] for p in run_pair_ids(r) for s in run_start_names(r)]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -424,8 +476,16 @@ def fig2_families(wildcards):
 
 
 def fig4_inputs(wildcards):
-    f, p = FIGS["fig4"], FIGS["fig4"]["pair"]
-    return dict(problem=problem_file(p), runs=[run_file(f["run"], p, s) for s in ("wide", "small")])
+    """Per block of Figure 4, in order: its problem file and the run file it draws."""
+    blocks = FIGS["fig4"]["blocks"]
+    return dict(problems=[problem_file(b["pair"]) for b in blocks],
+                runs=[run_file(b["run"], b["pair"], b["start"]) for b in blocks])
+
+
+def fig4_blocks(wildcards):
+    """Per block: the iterations shown and a label naming the pair's kernel and the start."""
+    return [dict(iterations=b["iterations"], label=f"{pair_title(DECONV['pairs'][b['pair']])}, {b['start']} start")
+            for b in FIGS["fig4"]["blocks"]]
 
 
 def fig5_inputs(wildcards):
@@ -435,11 +495,7 @@ def fig5_inputs(wildcards):
 
 
 def fig5_titles(wildcards):
-    titles = []
-    for p in FIGS["fig5"]["pairs"]:
-        d = DECONV["pairs"][p]
-        titles.append(f"{d['family']}, θ = {d['theta']:g}")
-    return titles
+    return [pair_title(DECONV["pairs"][p]) for p in FIGS["fig5"]["pairs"]]
 
 
 def demo_prior_inputs(wildcards):

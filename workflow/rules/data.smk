@@ -46,7 +46,7 @@ rule dataset_shard:
 
 rule image_set:
     input:
-        image_set_shard,
+        image_set_shards,
     output:
         f"{RESULTS}/images/{{set}}.npz",
     params:

@@ -1,6 +1,7 @@
 # Sections 3-4: blind deconvolution problems (x_bar, h_bar, y), Algorithm 1 for each configured run (a preset with
-# overrides) from each start, all pairs in one batched job, optionally continued from one start's final kernels;
-# the table of its results, and the Statement 1 table (Ly at the truth, at (x_delta, delta), at Algorithm 1).
+# overrides) from each start, all pairs in one batched job, optionally continued from one start's final kernels (a run
+# that selects pairs or starts, e.g. a longer one for one block of Figure 4: one job per pair and start); the table
+# of its results, and the Statement 1 table (Ly at the truth, at (x_delta, delta), at Algorithm 1).
 
 
 localrules:
@@ -33,11 +34,37 @@ rule algorithm1:
     output:
         runs=algorithm1_outputs("npz"),
         summaries=algorithm1_outputs("json"),
+    wildcard_constraints:
+        run=runs_regex(complete=True),
     params:
         job=algorithm1_params,
     log:
         f"{LOGS}/deconv/{{run}}/{{start}}.log",
     priority: 10  # before the sweep chunks: Statement 1 waits for one of these, then runs alone (see statement1)
+    threads: deconv_resources("threads")
+    resources:
+        gpu=deconv_resources("gpu"),
+        mem_mb=deconv_resources("mem_mb"),
+        runtime=deconv_resources("runtime"),
+    conda:
+        "../../environment.yml"
+    script:
+        "../scripts/algorithm1.py"
+
+
+rule algorithm1_pair:
+    input:
+        unpack(algorithm1_pair_inputs),
+    output:
+        runs=[run_file("{run}", "{pair}", "{start}", "npz")],  # lists, as the batched rule's: one pair here
+        summaries=[run_file("{run}", "{pair}", "{start}", "json")],
+    wildcard_constraints:
+        run=runs_regex(complete=False),
+    params:
+        job=algorithm1_params,
+    log:
+        f"{LOGS}/deconv/{{run}}/pair{{pair}}/{{start}}.log",
+    priority: 10
     threads: deconv_resources("threads")
     resources:
         gpu=deconv_resources("gpu"),

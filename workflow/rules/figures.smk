@@ -90,7 +90,7 @@ rule fig4:
     output:
         figure_files("fig4"),
     params:
-        snapshots=FIGS["fig4"]["snapshots"],
+        blocks=fig4_blocks,
     log:
         f"{LOGS}/figures/fig4.log",
     resources:

@@ -1,4 +1,5 @@
-"""Figure 4: Algorithm 1's iterates from the wide and the small start, next to the truth (diractrap.figures.fig4)."""
+"""Figure 4: Algorithm 1's iterates in the paper's blocks (a run, pair and start each), from the initialisation to the
+true signal (diractrap.figures.fig4)."""
 import sys
 
 sys.stdout = sys.stderr = open(snakemake.log[0], "w", buffering=1)
@@ -7,7 +8,8 @@ import numpy as np
 
 from diractrap import figures
 
-with np.load(snakemake.input.problem) as z:
-    truth = {"x_true": z["x_true"], "h_true": z["h_true"]}
-runs = {start: figures.load_run(path) for start, path in zip(("wide", "small"), snakemake.input.runs)}
-figures.save(figures.fig4(truth, runs, snapshots=snakemake.params.snapshots), *snakemake.output)
+blocks = []
+for block, problem, run in zip(snakemake.params.blocks, snakemake.input.problems, snakemake.input.runs):
+    with np.load(problem) as z:
+        blocks.append(dict(block, run=figures.load_run(run), x_true=z["x_true"], h_true=z["h_true"], y=z["y"]))
+figures.save(figures.fig4(blocks), *snakemake.output)
