@@ -42,7 +42,8 @@ from torch import Tensor
 
 from . import __version__
 from .blur import conv, conv_adjoint, conv_adjoint_kernel
-from .checks import check_deconv_input, check_nonnegative, check_positive, nonfinite_message
+from .checks import (check_count, check_deconv_input, check_deconv_memory, check_nonnegative, check_positive,
+                     nonfinite_message)
 from .kernels import dirac, project_simplex, second_moment, small, wide
 from .priors import check_denoiser, denoise_unit, score_unit
 
@@ -281,6 +282,7 @@ def map_x(
     check_positive(sigma=sigma, sigma_g=sigma_g)
     check_deconv_input(denoiser, y, h.shape[-1], sigma=sigma)
     K = h.shape[-1]
+    check_deconv_memory(denoiser, y, K, 12, f"the MAP of {y.shape[0]} image(s)")
     x = extend(y, K, pad) if x0 is None else x0.clone()
     gamma = default_gamma_x(sigma, sigma_g) if gamma_x is None else gamma_x
     chunk = 50
@@ -354,13 +356,22 @@ class Algorithm1Params:
                              f"not decrease the kernel subproblem, got {self.gamma_h_scale}")
         if self.gamma_h is not None and not self.gamma_h >= 0:
             raise ValueError(f"gamma_h must be >= 0 (0 freezes the kernel), got {self.gamma_h}")
-        if not 0 < self.gamma_h_decay <= 1 or not 0 < self.gamma_x_decay <= 1:
-            raise ValueError(f"gamma_h_decay and gamma_x_decay must be in (0, 1], got {self.gamma_h_decay}, "
-                             f"{self.gamma_x_decay}")
+        for name in ("gamma_h_decay", "gamma_x_decay"):
+            if not 0 < getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be in (0, 1], got {getattr(self, name)}")
         check_positive(sigma=self.sigma, sigma_g=self.sigma_g)  # 0 step sizes are allowed: they freeze x or h
-        check_nonnegative(gamma_x=self.gamma_x, gamma_h=self.gamma_h, gamma_h_scale=self.gamma_h_scale)
-        if self.n_ext < 0 or self.n_in < 0 or self.reset < 1 or self.n_in_warmup < 1:
-            raise ValueError("need n_ext >= 0, n_in >= 0, reset >= 1 and n_in_warmup >= 1")
+        check_nonnegative(gamma_x=self.gamma_x, gamma_h=self.gamma_h, gamma_h_scale=self.gamma_h_scale,
+                          dr_clamp=self.dr_clamp, cg_tol=self.cg_tol)
+        check_positive(gamma_h_max=self.gamma_h_max, dr_sigma=self.dr_sigma, dr_sigma_scale=self.dr_sigma_scale)
+        check_count(0, n_ext=self.n_ext, n_in=self.n_in, n_in_first=self.n_in_first)
+        check_count(1, reset=self.reset, n_in_warmup=self.n_in_warmup, cg_iter=self.cg_iter)
+        if len(self.rel_step) != 2:
+            raise ValueError(f"rel_step must be two numbers (first and last relative step), got {self.rel_step!r}")
+        for r in self.rel_step:  # log-spaced: both ends > 0
+            check_positive(rel_step=r)
+        if self.inner == "douglas-rachford" and self.gamma_x == 0:
+            raise ValueError("gamma_x must be > 0 with inner 'douglas-rachford': it is the proximal step (the data "
+                             "prox divides by it); 0 freezes x only with inner 'gradient'")
 
     def inner_steps(self, n: int) -> int:
         """N_in at outer iteration n: constant, or the linear warm-up after each reset (floored, as the authors)."""
@@ -550,6 +561,7 @@ def algorithm1(
         theta = initial_kernels(h0, h0.shape[-1], B, dtype=y.dtype, device=y.device)
     K = theta.shape[-1]
     p = params
+    check_deconv_memory(denoiser, y, K, 24 + len(_snapshot_set(snapshots, p.n_ext)), f"Algorithm 1 on {B} image(s)")
     x_reset = _start_image(y, K, p.pad, y_full)
     x = x_reset.clone()
     z = x_reset.clone()  # the Douglas-Rachford state
