@@ -529,3 +529,17 @@ def test_exif_orientation_is_applied(tmp_path, orientation, turn):
     x = load_image(path)
     np.testing.assert_array_equal(x.numpy().transpose(1, 2, 0), turn(decoded))
     assert x.shape[1:] == ((24, 32) if orientation == 3 else (32, 24))
+
+
+def test_ncsnpp_with_attention_takes_its_native_size_only():
+    """score_sde's NCSN++ places its attention blocks where the feature map's width equals an attention resolution:
+    at another input size the blocks it built are met in the wrong order (a TypeError deep in the network)."""
+    from diractrap.models.ncsnpp import NCSNppConfig, NCSNppDenoiser, build_ncsnpp
+
+    cfg = NCSNppConfig(image_size=16, nf=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(8,))
+    den = NCSNppDenoiser(build_ncsnpp(cfg))
+    assert checks.model_geometry(den) == checks.Geometry(channels=3, shape=(3, 16, 16))
+    with pytest.raises(TypeError):  # what the check prevents
+        den(torch.rand(1, 3, 32, 32), torch.ones(1))
+    with pytest.raises(ValueError, match="defined on 3x16x16 images only"):
+        potential(den, photo(32)[None], solver="heun", steps=1, n_probes=1)

@@ -31,7 +31,8 @@ from torch.utils.weak import WeakIdKeyDictionary
 __all__ = ["RANGE_TOL", "NOISE_REACH", "check_positive", "check_nonnegative", "check_count", "check_images",
            "Geometry", "model_geometry", "check_model_input", "check_kernel_fits", "check_deconv_input",
            "check_deconv_memory", "check_sweep_input", "check_device", "conditional_classes", "check_label_option",
-           "MEMORY_LIMIT_ENV", "MEMORY_MARGIN", "available_memory", "network_peak", "check_memory", "format_bytes",
+           "MEMORY_LIMIT_ENV", "MEMORY_MARGIN", "MEMORY_OVERHEAD", "available_memory", "network_peak", "memory_need",
+           "check_memory", "format_bytes",
            "nonfinite_message", "prepare_output_dir", "prepare_output_file", "check_table_suffix", "config_errors"]
 
 # Images enter the library in [0, 1]. The tolerance admits what the library itself produces (the iterates of a
@@ -138,7 +139,11 @@ def model_geometry(denoiser) -> Geometry:
         return Geometry(channels=int(denoiser.img_channels), multiple=2**downs)
     net = getattr(denoiser, "net", None)
     if hasattr(net, "num_resolutions") and hasattr(net, "config"):  # NCSNppDenoiser
-        return Geometry(channels=int(net.config.num_channels), multiple=2 ** (int(net.num_resolutions) - 1))
+        cfg = net.config
+        if cfg.attn_resolutions:  # its attention blocks sit where the width equals one of them: the native size only
+            return Geometry(channels=int(cfg.num_channels), shape=(int(cfg.num_channels), cfg.image_size,
+                                                                   cfg.image_size))
+        return Geometry(channels=int(cfg.num_channels), multiple=2 ** (int(net.num_resolutions) - 1))
     return Geometry()
 
 
@@ -276,10 +281,13 @@ def check_label_option(denoiser, label, name: str = "--label", model: str = "thi
 # ---------------------------------------------------------------------------------------------------------------
 
 MEMORY_LIMIT_ENV = "DIRACTRAP_MEMORY_LIMIT_MB"  # MiB available to a command (default: what the device reports)
-# The traced peak counts the tensors torch allocates; the process needs more (allocator rounding and caching, the
-# convolution library's workspaces). Measured on the demo network, CPU (BENCHMARKS.md "Input checks"): peak RSS
-# growth / traced peak = 1.24-1.36 for forward and forward + VJP passes of 170 MiB to 800 MiB.
-MEMORY_MARGIN = 1.4
+# The traced peak counts the tensors torch allocates; a process needs more: allocator rounding and pools, the
+# convolution library's workspaces, a constant part as the first large evaluation builds them. Measured on the CPU
+# (BENCHMARKS.md "Input checks", benchmarks/memory_estimate.py): growth of the resident set = 1.03-1.47 x the traced
+# peak for peaks of 0.3-2.9 GiB (demo, DDPM++, ADM, NCSN++ networks; forward, VJP, Hessian-vector product), and up
+# to 0.33 GiB above it for small peaks (ADM-64's forward: 75 MiB traced, 411 MiB grown).
+MEMORY_MARGIN = 1.5
+MEMORY_OVERHEAD = 512 * 2**20  # bytes
 
 
 def format_bytes(n: float) -> str:
@@ -446,6 +454,12 @@ def network_peak(denoiser, shape, work="forward", *, n_vjp: int = 1, key: str | 
     return cache[k]
 
 
+def memory_need(peak: int | None, extra: float = 0) -> float | None:
+    """Bytes a computation needs: the traced peak of its network evaluation (:func:`network_peak`) x MEMORY_MARGIN,
+    + MEMORY_OVERHEAD, + ``extra`` (its own buffers); None when the peak is unknown."""
+    return None if peak is None else MEMORY_MARGIN * peak + MEMORY_OVERHEAD + extra
+
+
 _MEMORY_ADVICE = "use fewer images per batch or smaller images (--size, or crop into tiles)"
 
 
@@ -467,7 +481,7 @@ def check_deconv_memory(denoiser, y: Tensor, kernel_size: int, buffers: int, wha
     B, C = y.shape[:2]
     H, W = y.shape[-2] + kernel_size - 1, y.shape[-1] + kernel_size - 1
     peak = network_peak(denoiser, (B, C, H, W), "forward", dtype=y.dtype)
-    need = None if peak is None else MEMORY_MARGIN * peak + buffers * B * C * H * W * y.element_size()
+    need = memory_need(peak, buffers * B * C * H * W * y.element_size())
     check_memory(need, y.device, f"{what} of {C}x{H}x{W}", "run fewer problems per batch, or deblur a smaller image "
                  "(crop it into tiles, or downscale it)")
 

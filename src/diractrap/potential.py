@@ -42,8 +42,8 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .checks import (MEMORY_MARGIN, check_count, check_images, check_memory, check_model_input, check_nonnegative,
-                     check_positive, network_peak)
+from .checks import (check_count, check_images, check_memory, check_model_input, check_nonnegative, check_positive,
+                     memory_need, network_peak)
 from .numerics import no_tf32
 from .priors import check_denoiser, from_native, range_scale, to_native
 from .rng import ItemGenerators
@@ -531,8 +531,8 @@ def potential(
     M = 1 if divergence == "exact" else (opt.n_probes if probes is None else probes.shape[1])
     reps = max(1, min(N, _EXACT_ITEMS_PER_PASS // B)) if divergence == "exact" and N <= MAX_EXACT_DIM else 1
     peak = network_peak(denoiser, (B * reps, *x.shape[1:]), "vjp", n_vjp=M, dtype=x.dtype)
-    check_memory(None if peak is None else MEMORY_MARGIN * peak + (12 + M) * x.numel() * x.element_size(),
-                 x.device, f"q(x) of {B} image(s) of {'x'.join(map(str, x.shape[1:]))}")
+    check_memory(memory_need(peak, (12 + M) * x.numel() * x.element_size()), x.device,
+                 f"q(x) of {B} image(s) of {'x'.join(map(str, x.shape[1:]))}")
 
     if divergence == "exact":
         if N > MAX_EXACT_DIM:

@@ -42,8 +42,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .blur import conv, conv_adjoint
-from .checks import (MEMORY_MARGIN, check_count, check_images, check_memory, check_model_input, check_nonnegative,
-                     check_positive, network_peak)
+from .checks import (check_count, check_images, check_memory, check_model_input, check_nonnegative, check_positive,
+                     memory_need, network_peak)
 from .numerics import no_tf32
 from .priors import _EigenGaussian, check_denoiser, score_unit
 from .rng import item_seed
@@ -260,7 +260,7 @@ def descend_to_critical(
     check_count(0, n_steps=n_steps)
     check_count(1, record_every=record_every)
     peak = network_peak(prior, x0.shape, "forward", dtype=x0.dtype)
-    check_memory(None if peak is None else MEMORY_MARGIN * peak + 4 * x0.numel() * x0.element_size(), x0.device,
+    check_memory(memory_need(peak, 4 * x0.numel() * x0.element_size()), x0.device,
                  f"descent on q of {x0.shape[0]} image(s) of {'x'.join(map(str, x0.shape[1:]))}",
                  "descend fewer images at once, or smaller ones (--size)")
     if lr / sigma_g**2 > 2 and not _exact(prior):
@@ -320,7 +320,7 @@ def check_diagnose_input(prior, x: Tensor, kernel_size: int, *, sigma_g: float =
     # Lanczos: its basis and the Ritz vectors (N x (n + 1) each, float64); (8): the (K^2 - 1) convolved images in
     # float64 and their FFTs, 2.4-2.6 of them traced at 32-100 px (4 allowed: LAPACK's SVD workspace is not traced)
     rest = 2 * N * (n_lanczos + 1) * 8 + 4 * (K * K - 1) * N * 8
-    check_memory(rest + (0 if peak is None else MEMORY_MARGIN * peak), x.device,
+    check_memory(rest if peak is None else memory_need(peak, rest), x.device,
                  f"Theorem 1's diagnostics at an image of {C}x{H}x{W}",
                  "use a smaller image (--size), fewer Lanczos steps or a smaller kernel")
 
