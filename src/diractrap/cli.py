@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import pickle
 import sys
 from pathlib import Path
 
+from .cli_deblur import _add_deblur, deblur_params
 from .cli_options import NONE, add_alias, add_options_from
 
 __all__ = ["main", "build_parser", "version", "deblur_params"]
@@ -45,6 +47,13 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"diractrap{' ' + command if command else ''}: error: {_one_line(err)}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C: outputs are written atomically at the end, so an interrupted run wrote none
+        _remove_empty(created)
+        if debug:
+            raise
+        print(f"diractrap{' ' + command if command else ''}: interrupted (Ctrl-C); no output was completed",
+              file=sys.stderr)
+        return 130  # 128 + SIGINT, the shell's convention
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -89,17 +98,51 @@ _USER_ERRORS = (ValueError, KeyError, OSError, RuntimeError, EOFError, pickle.Un
 
 def _one_line(err: BaseException) -> str:
     text = err.args[0] if isinstance(err, KeyError) and err.args else str(err)  # KeyError's str() adds quotes
-    return " ".join(str(text).split()) or type(err).__name__
+    text = " ".join(str(text).split()) or type(err).__name__
+    if isinstance(err, RuntimeError) and ("DefaultCPUAllocator" in text or "out of memory" in text.lower()):
+        import re  # the allocator's own words ("[enforce fail at alloc_cpu.cpp:127] ...") say nothing a user can do
+
+        from .checks import format_bytes
+
+        asked = re.search(r"allocate (\d+) bytes", text) or re.search(r"[Tt]ried to allocate ([\d.]+ [KMGT]iB)", text)
+        size = ""
+        if asked:
+            size = asked.group(1) if "iB" in asked.group(1) else format_bytes(int(asked.group(1)))
+            size = f" (one allocation of {size} failed)"
+        text = f"out of memory{size}: process fewer images at once, or smaller ones (--batch-size, --size, or crop " \
+               "into tiles)"
+    return text
+
+
+def _json_text(obj) -> str:
+    """Strict JSON: NaN and infinities (not JSON, refused by strict readers) are written as null."""
+    import json
+
+    def clean(v):
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {k: clean(u) for k, u in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [clean(u) for u in v]
+        return v
+
+    return json.dumps(clean(obj), indent=2, default=str, allow_nan=False)
 
 
 # option name -> the rule its value must follow (options a sub-command does not have are skipped)
-_POSITIVE = ("sigma", "sigma_g", "rtol", "atol", "lr")
-_NONNEGATIVE = ("gamma_x", "gamma_h", "gamma_h_scale", "p_uniform")
+_POSITIVE = ("sigma", "sigma_g", "rtol", "atol", "lr", "gamma_h_max", "dr_sigma", "dr_sigma_scale", "rel_step")
+_NONNEGATIVE = ("gamma_x", "gamma_h", "gamma_h_scale", "p_uniform", "dr_clamp", "cg_tol", "theta", "thetas")
 _COUNTS = {"kernel_size": 1, "steps": 1, "probes": 1, "n_probes": 1, "batch_size": 1, "size": 1, "resolution": 1,
-           "reset": 1, "n_in_warmup": 1, "n_in_first": 1, "snapshot_every": 1, "threads": 1, "n_ext": 0, "n_in": 0,
-           "label": 0}
+           "reset": 1, "n_in_warmup": 1, "n_in_first": 0, "snapshot_every": 1, "threads": 1, "n_ext": 0, "n_in": 0,
+           "label": 0, "lanczos": 1, "descend": 0, "cg_iter": 1, "seed": 0}
 _FILE_OUTPUTS = {"sweep"}  # sub-commands whose --out is a file
 _DIR_OUTPUTS = {"deblur", "demo-data", "train-demo"}  # ... and a directory (others: a file if the name has a suffix)
+_RUN_FOLDERS = {"deblur"}  # ... a directory that holds one run: refused when it already holds files, unless --overwrite
+
+
+def _opt(name: str) -> str:
+    return f"--{name.replace('_', '-')}"
 
 
 def _check_arguments(args) -> list:
@@ -108,27 +151,95 @@ def _check_arguments(args) -> list:
 
     given = {k.removeprefix("param_"): v for k, v in vars(args).items()  # deblur: param_<field>
              if v is not None and v is not NONE}
-    checks.check_positive(**{f"--{k.replace('_', '-')}": given[k] for k in _POSITIVE if k in given})
-    checks.check_nonnegative(**{f"--{k.replace('_', '-')}": given[k] for k in _NONNEGATIVE if k in given})
+    for k, v in given.items():  # every number on the command line is finite: NaN passes every comparison
+        for value in v if isinstance(v, (list, tuple)) else [v]:
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"{_opt(k)} must be a finite number, got {value}")
+    for k in (k for k in _POSITIVE if k in given):
+        for value in given[k] if isinstance(given[k], (list, tuple)) else [given[k]]:
+            checks.check_positive(**{_opt(k): value})
+    for k in (k for k in _NONNEGATIVE if k in given):
+        for value in given[k] if isinstance(given[k], (list, tuple)) else [given[k]]:
+            checks.check_nonnegative(**{_opt(k): value})
     for k, low in _COUNTS.items():
         if k in given:
-            checks.check_count(low, **{f"--{k.replace('_', '-')}": given[k]})
-    for theta in given.get("thetas", ()):
-        checks.check_nonnegative(**{"--thetas": theta})
+            checks.check_count(low, **{_opt(k): given[k]})
+    if "device" in given:
+        checks.check_device(given["device"], "--device")
     if "model" in given:
         _check_model(given["model"])
-    images = [given["blurry"]] if "blurry" in given else list(given.get("images", ()))
-    from .data import load_image
+    if getattr(args, "lr", None) is not None and getattr(args, "descend", None) == 0:
+        raise ValueError("--lr is the descent's step: it needs --descend N (N > 0 steps)")
+    _check_parameter_sets(args)
+    _check_images(args, given)
+    if args.command == "models" and given.get("root") is not None:
+        from .models.registry import checkpoint_dir
 
-    sizes = [tuple(load_image(f).shape[-2:]) for f in images if not str(f).endswith(".npz")]  # unreadable: one line
-    if "blurry" in given and "kernel_size" in given:
-        checks.check_kernel_fits(given["kernel_size"], *sizes[0], name="--kernel-size")
+        checkpoint_dir(given["root"], "--root")
     if "out" not in given:
         return []
     out = given["out"]
     if args.command in _FILE_OUTPUTS or (args.command not in _DIR_OUTPUTS and Path(out).suffix):
+        if args.command == "sweep":
+            checks.check_table_suffix(out, "--out")
         return checks.prepare_output_file(out, "--out")
+    if args.command in _RUN_FOLDERS and not getattr(args, "overwrite", False):
+        held = sorted(p.name for p in Path(out).iterdir()) if Path(out).is_dir() else []
+        if held:
+            shown = ", ".join(held[:4]) + (f" and {len(held) - 4} more" if len(held) > 4 else "")
+            raise ValueError(f"--out {out} already holds files ({shown}): give a new folder, or --overwrite to "
+                             "replace the run there")
     return checks.prepare_output_dir(out, "--out")
+
+
+def _check_parameter_sets(args) -> None:
+    """The parameter objects a command builds (Algorithm1Params, PotentialOptions) check their own fields; their
+    messages name the field, which the command line spells as an option."""
+    import re
+
+    build = {"deblur": deblur_params, "potential": _potential_options, "sweep": _potential_options}.get(args.command)
+    if build is None:
+        return
+    try:
+        build(args)
+    except ValueError as err:
+        from .deconv import Algorithm1Params
+        from .potential import PotentialOptions
+
+        fields = {*Algorithm1Params.__dataclass_fields__, *PotentialOptions.__dataclass_fields__}
+        text = re.sub(r"(^|\band )([a-z][a-z0-9_]*)",
+                      lambda m: m.group(1) + (_opt(m.group(2)) if m.group(2) in fields else m.group(2)), str(err))
+        raise ValueError(text) from None
+
+
+def _check_images(args, given) -> None:
+    """Image files (readable, one size per command), an image set given alone, and K against the blurry image."""
+    from . import checks
+    from .data import load_image
+
+    images = [given["blurry"]] if "blurry" in given else list(given.get("images", ()))
+    sets = [f for f in images if str(f).endswith(".npz")]
+    if sets and (args.command != "sweep" or len(images) > 1):
+        raise ValueError(f"{sets[0]}: an image set (.npz) is read by 'diractrap sweep' alone, without other images"
+                         if args.command == "sweep" else f"{sets[0]} is an image set (.npz): give image files "
+                         "(PNG, JPEG), or use 'diractrap sweep' for image sets")
+    if sets:
+        from .datasets import load_image_set
+
+        shape = load_image_set(sets[0]).images.shape  # (n, C, H, W): a file that is no image set fails here
+        sizes = [tuple(shape[-2:])]
+    else:
+        size = given.get("size") if args.command in ("potential", "theorem1") else None
+        sizes = [tuple(load_image(f, size=size).shape[-2:]) for f in images]  # unreadable: one line
+    if "blurry" in given and "kernel_size" in given:
+        checks.check_kernel_fits(given["kernel_size"], *sizes[0], name="--kernel-size")
+    if len(set(sizes)) > 1:
+        hint = "" if args.command == "sweep" else ": pass --size to resize and crop them to one"
+        raise ValueError(f"images have different sizes ({', '.join(f'{h}x{w}' for h, w in sorted(set(sizes)))}){hint}")
+    if args.command == "sweep" and sizes and given["kernel_size"] > min(sizes[0]):
+        h, w = sizes[0]
+        raise ValueError(f"--kernel-size K = {given['kernel_size']} is larger than the images ({h}x{w}): the blur "
+                         f"would reach past the whole image; use K <= {min(h, w)}")
 
 
 def _check_model(name: str) -> None:
@@ -146,190 +257,8 @@ def _remove_empty(dirs) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# deblur: Algorithm 1 on one blurry image (diractrap.deconv)
+# deblur: Algorithm 1 on one blurry image (diractrap.cli_deblur)
 # ---------------------------------------------------------------------------------------------------------------
-
-
-def _add_deblur(sub) -> None:
-    import dataclasses
-
-    from .deconv import PRESETS, Algorithm1Params
-
-    p = sub.add_parser("deblur", help="blind deblurring by Algorithm 1 (MAP, alternating minimisation)",
-                       description="Run Algorithm 1 on BLURRY and write result.png (the blurry image, x-hat and "
-                       "h-hat; with --true-image and --true-kernel also the truth, the kernel error and the PSNR), "
-                       "x_hat.png/.npy, h_hat.png/.npy, trajectory.npz and summary.json to --out, and print one "
-                       "summary line. With pad 'observed' (the authors' preset) x-hat has the size of BLURRY and the "
-                       "data term uses its valid centre; otherwise BLURRY is the valid output and x-hat is K - 1 "
-                       "pixels larger. Any size: where the network needs other sides, x is extended by reflection "
-                       "to the next it accepts (the data term still sees x only) and cropped back. Any mode: a grey "
-                       "image stays grey (replicated into the prior's colour channels, x-hat their mean); an alpha "
-                       "channel is dropped.")
-    p.add_argument("blurry", help="blurry image file (PNG/JPEG, any size; grey, RGB or with alpha), read in [0, 1]")
-    p.add_argument("--model", required=True, help="registered prior name or checkpoint path")
-    p.add_argument("--preset", default="authors", choices=sorted(PRESETS),
-                   help="Algorithm 1's parameter set (docs/ALGORITHM1.md); every option below overrides one value")
-    p.add_argument("--kernel-size", type=int, default=21, help="K (paper: 21)")
-    start = p.add_argument("--start", default="wide", choices=["wide", "small", "dirac"],
-                           help="initial kernel theta_0: wide (1/K^2), small (Gaussian of std 1.5) or dirac "
-                           "(paper: wide; default %(default)s)")
-    add_alias(p, start, "--init")
-    p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--true-image", default=None, metavar="FILE",
-                   help="the sharp image x-bar, at the size of x-hat, when it is known (with --true-kernel): "
-                   "drawn, and the PSNR reported")
-    p.add_argument("--true-kernel", default=None, metavar="FILE",
-                   help="the true kernel h-bar, K x K (.npy, or an image file scaled to sum 1), when it is known "
-                   "(with --true-image): drawn, and the kernel error reported")
-    group = p.add_argument_group("Algorithm 1 parameters (default: the preset's value)")
-    notes = {f.name: "presets: " + ", ".join(f"{k} {v[f.name]!r}" for k, v in sorted(PRESETS.items()))
-             for f in dataclasses.fields(Algorithm1Params)}
-    add_options_from(group, Algorithm1Params, dest=lambda name: f"param_{name}", defaults=False, notes=notes)
-    p.add_argument("--label", type=int, default=None, help="class label for a conditional prior")
-    p.add_argument("--snapshot-every", type=int, default=None, help="trajectory period (default N_ext / 20)")
-    p.add_argument("--device", default="cpu", help="torch device of the prior and the iterates (default cpu)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=_run_deblur)
-
-
-def _read_image_mode(path):
-    """(1, C, H, W) image of ``path``: grey files (PIL modes 1, L, LA, I, I;16, F) with one channel, others RGB;
-    and what was dropped on reading ("alpha" or "")."""
-    from PIL import Image
-
-    from .data import load_image
-
-    with Image.open(path) as im:
-        bands, transparent = im.getbands(), "transparency" in im.info
-    grey = bands[0] in ("1", "L", "I", "F")
-    dropped = "alpha" if {"A", "a"} & set(bands) or transparent else ""
-    return load_image(path, mode="L" if grey else "RGB")[None], dropped
-
-
-def _read_truth(args, x_shape, K: int):
-    """(x_bar (1, C, H, W), h_bar (1, K, K)) from --true-image / --true-kernel, or None when neither is given."""
-    import numpy as np
-    import torch
-
-    if (args.true_image is None) != (args.true_kernel is None):
-        raise ValueError("--true-image and --true-kernel go together: the kernel error and the PSNR are measured "
-                         "after the shift that aligns x-hat with x-bar")
-    if args.true_image is None:
-        return None
-    x_bar, _ = _read_image_mode(args.true_image)
-    if tuple(x_bar.shape[-2:]) != tuple(x_shape[-2:]):
-        raise ValueError(f"--true-image is {x_bar.shape[-2]}x{x_bar.shape[-1]}; x-hat is {x_shape[-2]}x{x_shape[-1]}: "
-                         "give the sharp image at the size of x-hat")
-    if x_bar.shape[1] != x_shape[1]:
-        x_bar = x_bar.mean(1, keepdim=True) if x_shape[1] == 1 else x_bar.expand(-1, x_shape[1], -1, -1)
-    path = Path(args.true_kernel)
-    h_bar = torch.from_numpy(np.load(path)).double() if path.suffix == ".npy" else \
-        _read_image_mode(path)[0].mean((0, 1)).double()
-    if tuple(h_bar.shape) != (K, K) or not torch.isfinite(h_bar).all() or h_bar.min() < 0 or h_bar.sum() <= 0:
-        raise ValueError(f"--true-kernel must be a nonnegative {K}x{K} kernel (K = --kernel-size), got shape "
-                         f"{tuple(h_bar.shape)}")
-    return x_bar.double(), (h_bar / h_bar.sum())[None]
-
-
-def _result_picture(path, panels, frame) -> None:
-    """One row of panels [(title, image (C, H, W) or kernel (K, K), (top, left) in x's frame or None)], images at
-    their true scale in x's frame ``frame`` (H, W), kernels scaled to their maximum; the package's style."""
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    from .figures import save, use_style
-
-    use_style()
-    fig, axes = plt.subplots(1, len(panels), figsize=(1.9 * len(panels), 2.2), squeeze=False)
-    for ax, (title, a, at) in zip(axes[0], panels):
-        a = np.asarray(a, dtype=np.float64)
-        if at is None:  # a kernel
-            ax.imshow(a, cmap="inferno", vmin=0, vmax=max(a.max(), 1e-12))
-        else:
-            (top, left), (h, w) = at, a.shape[-2:]
-            ax.imshow(np.clip(a[0] if a.shape[0] == 1 else a.transpose(1, 2, 0), 0, 1), vmin=0, vmax=1,
-                      cmap="gray" if a.shape[0] == 1 else None, extent=(left, left + w, top + h, top))
-            ax.set_xlim(0, frame[1])
-            ax.set_ylim(frame[0], 0)
-        ax.set_title(title)
-        ax.set_xticks([])
-        ax.set_yticks([])
-        ax.grid(False)
-        for side in ax.spines.values():  # images: x's frame drawn thin and light; kernels: none
-            side.set(visible=at is not None, color="0.75", linewidth=0.5)
-    save(fig, path)
-
-
-def _run_deblur(args) -> int:
-    import json
-    from pathlib import Path
-
-    import numpy as np
-    import torch
-
-    from . import deconv
-    from .data import atomic_path, save_image
-    from .metrics import metrics
-    from .models import get_denoiser
-
-    params = deblur_params(args)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)  # before the work: an unwritable --out fails now, not after the run
-    image, dropped = _read_image_mode(args.blurry)
-    K = args.kernel_size
-    a = K - 1 - K // 2  # y's offset in x: the kernel's reach above and left of the valid centre
-    x_shape = image.shape if params.pad == "observed" else (*image.shape[:2], image.shape[-2] + K - 1,
-                                                              image.shape[-1] + K - 1)
-    truth = _read_truth(args, x_shape, K)  # before the work: a wrong size fails now
-    denoiser = get_denoiser(args.model, device=args.device)
-    image = image.to(args.device)
-    if params.pad == "observed":  # BLURRY is the image at the size of x; the data term sees its valid centre
-        y, y_full = image[..., a : image.shape[-2] - K // 2, a : image.shape[-1] - K // 2], image
-    else:
-        y, y_full = image, None
-    labels = None if args.label is None else torch.tensor([args.label], device=args.device)
-    every = args.snapshot_every or max(1, params.n_ext // 20)
-    res = deconv.algorithm1(denoiser, y, args.start, kernel_size=K, params=params, labels=labels, y_full=y_full,
-                            snapshots=every, progress=not args.no_progress)
-    for name, arr in (("x_hat", res.x[0].numpy()), ("h_hat", res.h[0].numpy())):
-        with atomic_path(out / f"{name}.npy") as tmp:
-            with open(tmp, "wb") as f:
-                np.save(f, arr)
-    save_image(res.x[0].clamp(0, 1), out / "x_hat.png")
-    save_image((res.h[0] / res.h[0].max())[None], out / "h_hat.png")  # scaled to its maximum for display
-    deconv.save_result(out / "trajectory.npz", res, y=y.cpu().float().numpy())
-    scores = None if truth is None else metrics(res.x, res.h, *truth)
-    info = deconv.summary(res, scores)
-    info.update(input=str(args.blurry), model=args.model, preset=args.preset, dropped_on_reading=dropped or None)
-    with atomic_path(out / "summary.json") as tmp:
-        tmp.write_text(json.dumps(info, indent=2, default=str))
-    size = "x".join(map(str, res.x.shape[-2:]))
-    panels = [(f"blurry ({image.shape[-2]}x{image.shape[-1]})", image[0].cpu(), (0, 0) if y_full is not None
-               else (a, a)), (f"x-hat ({size})", res.x[0], (0, 0)), ("h-hat", res.h[0], None)]
-    line = (f"{args.blurry}: x-hat {size}, h-hat {K}x{K} (spread {float(info['final']['spread'][0]):.3g} px^2) "
-            f"after {params.n_ext} iterations of the {args.preset} preset")
-    if truth is not None:
-        err, psnr = float(scores["kernel_error"][0]), float(scores["psnr"][0])
-        panels[1:] = [(f"x-hat (PSNR {psnr:.2f} dB)", res.x[0], (0, 0)),
-                      (f"h-hat (kernel error {err:.3f})", res.h[0], None),
-                      ("x-bar (truth)", truth[0][0], (0, 0)), ("h-bar (truth)", truth[1][0], None)]
-        line += f"; kernel error {err:.4f}, PSNR {psnr:.2f} dB"
-    _result_picture(out / "result.png", panels, tuple(res.x.shape[-2:]))
-    dom = res.settings["domain"]
-    if dom["network"][1:] != dom["x"][1:]:
-        line += f"; the network saw x extended to {dom['network'][1]}x{dom['network'][2]}"
-    print(line + (f"; {dropped} channel dropped" if dropped else "") + f"; wrote {out}/result.png and the arrays")
-    return 0
-
-
-def deblur_params(args):
-    """The :class:`~diractrap.deconv.Algorithm1Params` of a parsed ``deblur`` command line: ``--preset`` with the
-    parameters given on the command line on top (``none`` sets an optional one to None)."""
-    from . import deconv
-
-    overrides = {k.removeprefix("param_"): None if v is NONE else v for k, v in vars(args).items()
-                 if k.startswith("param_") and v is not None}
-    return deconv.preset(args.preset, **overrides)
 
 
 COMMANDS.append(_add_deblur)
@@ -479,6 +408,7 @@ def _run_sweep(args) -> int:
     import numpy as np
     import torch
 
+    from .checks import check_label_option
     from .data import atomic_path, load_image
     from .datasets import class_labels, load_image_set
     from .models import get_denoiser
@@ -491,13 +421,16 @@ def _run_sweep(args) -> int:
         x = torch.stack([load_image(f) for f in args.images])
         names, labels = args.images, np.full(len(args.images), -1)
     mode = int(args.label_mode) if args.label_mode.isdigit() else args.label_mode
+    class_labels(mode, labels)  # an unknown mode, or "dataset" for images without classes: before the prior loads
     denoiser = get_denoiser(args.model, device=args.device)
+    if mode != "none":
+        check_label_option(denoiser, mode, "--label-mode", args.model)
     table = sweep(denoiser, x.to(args.device), args.family, args.thetas, names=names,
                   labels=class_labels(mode, labels), angle=args.angle, kernel_size=args.kernel_size,
                   boundary=args.boundary, batch_size=args.batch_size, model=args.model,
                   options=_potential_options(args), progress=not args.no_progress)
-    with atomic_path(args.out) as tmp:
-        table.to_csv(tmp, index=False) if args.out.endswith(".csv") else table.to_parquet(tmp, index=False)
+    with atomic_path(args.out) as tmp:  # the format its extension names (checked: .csv or .parquet)
+        table.to_csv(tmp, index=False) if args.out.lower().endswith(".csv") else table.to_parquet(tmp, index=False)
     print(table[["image", "theta", "q", "stderr"]].to_string(index=False))
     return 0
 
@@ -547,21 +480,18 @@ def _add_potential(sub) -> None:
 
 
 def _run_potential(args) -> int:
-    import json
     import math
 
     import torch
 
+    from .checks import check_label_option
     from .data import load_image
     from .models import get_denoiser
     from .potential import potential
 
-    x = [load_image(f, size=args.size) for f in args.images]
-    shapes = sorted({tuple(t.shape) for t in x})
-    if len(shapes) > 1:
-        raise ValueError(f"images have different sizes {shapes}: pass --size to resize and crop them to one")
-    x = torch.stack(x).to(args.device)
+    x = torch.stack([load_image(f, size=args.size) for f in args.images]).to(args.device)  # one size: checked
     denoiser = get_denoiser(args.model, device=args.device)
+    check_label_option(denoiser, args.label, "--label", args.model)
     options = _potential_options(args)
     records = []
     for start in range(0, len(x), args.batch_size):
@@ -575,7 +505,7 @@ def _run_potential(args) -> int:
                                 bits_per_dim=float(res.bits_per_dim[k]), nfe=res.nfe, model=args.model,
                                 **res.settings))
     if args.json:
-        print(json.dumps(records, indent=2))
+        print(_json_text(records))
     else:
         for r in records:
             se = "n/a" if r["stderr"] is None else f"{r['stderr']:.2g}"
@@ -617,23 +547,21 @@ def _add_theorem1(sub) -> None:
 
 
 def _run_theorem1(args) -> int:
-    import json
-
     import torch
 
+    from .checks import check_label_option
     from .data import load_image
     from .kernels import kernel
     from .models import get_denoiser
-    from .theorem1 import descend_to_critical, diagnose
+    from .theorem1 import check_diagnose_input, descend_to_critical, diagnose
 
-    x = [load_image(f, size=args.size) for f in args.images]
-    if len({tuple(t.shape) for t in x}) > 1:
-        raise ValueError("images have different sizes: pass --size to resize and crop them to one")
-    x = torch.stack(x).to(args.device)
-    den = get_denoiser(args.model, device=args.device)
-    labels = None if args.label is None else torch.full((len(x),), args.label, device=args.device)
+    x = torch.stack([load_image(f, size=args.size) for f in args.images]).to(args.device)  # one size: checked
     options = {} if args.angle is None else {"angle": args.angle}
     h = kernel(args.kernel, args.theta, args.kernel_size, device=args.device, **options)
+    den = get_denoiser(args.model, device=args.device)
+    check_label_option(den, args.label, "--label", args.model)
+    check_diagnose_input(den, x, args.kernel_size, sigma_g=args.sigma_g, n_lanczos=args.lanczos, name="--kernel-size")
+    labels = None if args.label is None else torch.full((len(x),), args.label, device=args.device)
     if args.descend:
         lr = args.sigma_g**2 if args.lr is None else args.lr
         x, _ = descend_to_critical(den, x, lr=lr, n_steps=args.descend, sigma_g=args.sigma_g, labels=labels)
@@ -642,7 +570,7 @@ def _run_theorem1(args) -> int:
     for f, r in zip(args.images, rows):
         r.update(image=f, model=args.model, kernel=args.kernel, theta=args.theta, descent_steps=args.descend)
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(_json_text(rows))
     else:
         for r in rows:
             print(f"{r['image']}\t|grad q| = {r['grad_norm']:.4g}\tdq/d(eps^2) = {r['dq_blur']:.4g}\t"

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torch import Tensor
 
 __all__ = [
@@ -43,7 +43,8 @@ __all__ = [
 def load_image(path, *, size: int | None = None, mode: str = "RGB") -> Tensor:
     """Read an image file as a float32 tensor (C, H, W) in [0, 1].
 
-    ``mode`` is "RGB" (default, 3 channels) or "L" (one channel). Every PIL mode is read at its own depth: 8-bit
+    ``mode`` is "RGB" (default, 3 channels) or "L" (one channel). An EXIF orientation (JPEGs from cameras and
+    phones) is applied: the array is the picture as viewers show it. Every PIL mode is read at its own depth: 8-bit
     grey, palette, LA, RGB(A) and CMYK through PIL's conversion (the alpha channel is dropped, CMYK converted by
     PIL's formula), 16-bit grey (I;16*, and "I" as PIL opens 16-bit PNGs) divided by 65535, float images ("F")
     taken as they are (checked to lie in [0, 1]). ``size`` resizes the shorter side to ``size`` and centre-crops a
@@ -57,6 +58,7 @@ def load_image(path, *, size: int | None = None, mode: str = "RGB") -> Tensor:
     try:
         with Image.open(path) as im:
             im.load()  # decode now: a truncated file fails here, not later
+            ImageOps.exif_transpose(im, in_place=True)  # a camera's orientation tag: pixels as the photo is shown
             a = _unit_array(im, mode, size)
     except (OSError, SyntaxError, Image.DecompressionBombError) as err:  # PIL's errors for unreadable data
         reason = " ".join(str(err).split()) or type(err).__name__

@@ -124,13 +124,27 @@ def class_labels(mode, labels) -> Tensor | None:
 
 def load_image_set(path) -> ImageSet:
     """Read an image set written by :meth:`ImageSet.save`."""
+    import zipfile
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no image set at {path} (the workflow's image_set rule writes it)")
-    with np.load(path, allow_pickle=False) as z:
-        return ImageSet(images=z["images"], labels=z["labels"], names=[str(s) for s in z["names"]],
-                        rows=z["rows"], source=json.loads(str(z["source"])),
-                        shards=z["shards"] if "shards" in z.files else None)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if not isinstance(z, np.lib.npyio.NpzFile):
+                raise ValueError("a single array, not an .npz archive")
+            missing = [k for k in ("images", "labels", "names", "rows", "source") if k not in z.files]
+            if missing:
+                raise ValueError(f"no array {', '.join(map(repr, missing))}")
+            return ImageSet(images=z["images"], labels=z["labels"], names=[str(s) for s in z["names"]],
+                            rows=z["rows"], source=json.loads(str(z["source"])),
+                            shards=z["shards"] if "shards" in z.files else None)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:  # numpy's words for a foreign file
+        reason = " ".join(str(err).split())[:120]
+        if isinstance(err, zipfile.BadZipFile) or "pickle" in reason:  # numpy falls back to reading a pickle
+            reason = "not an .npz archive"
+        raise ValueError(f"{path} is not an image set written by diractrap (arrays images, labels, names, rows, "
+                         f"source): {reason or type(err).__name__}") from None
 
 
 # ---------------------------------------------------------------------------------------------------------------

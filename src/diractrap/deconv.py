@@ -13,21 +13,17 @@ the potential of N(m, S + sigma_g^2 I). The kernel is h = P(theta), P the Euclid
 (kernels.project_simplex) and grad_theta Ly = J_P(theta)^T grad_h Ly: on the support S of P(theta), the gradient
 minus its mean over S; zero elsewhere.
 
-x is started from y extended to the size of x: y padded by the kernel's reach (K - 1 - K // 2 pixels on the top
-and left, K // 2 on the bottom and right, the valid model's geometry) with replicate padding by default
-(``pad="reflect"`` also), or, with ``pad="observed"``, from the blurry image at the size of x (``y_full``, the
-authors' geometry). The same start begins every reset of Algorithm 1. Any size and mode: the prior sees x extended
-by reflection to the sides it accepts (grey replicated, alpha dropped), the data term sees x, and x is returned
-(:mod:`diractrap.domain`).
+x starts (and restarts at every reset) from y padded by the kernel's reach (K - 1 - K // 2 pixels top and left,
+K // 2 bottom and right; ``pad`` "replicate" or "reflect") or, with ``pad="observed"``, from the blurry image at the
+size of x (``y_full``, the authors' geometry). Any size and mode: the prior sees x extended by reflection to the
+sides it accepts (grey replicated, alpha dropped), the data term sees x, x is returned (:mod:`diractrap.domain`).
 
-Algorithm 1 comes with two complete parameter sets, ``PRESETS``: "paper" (the algorithm as the paper writes it) and
-"authors" (the authors' published optimisation loop: Douglas-Rachford x-steps with the denoiser as the prior's
-proximal step, a projected kernel step with a log-decaying relative step). docs/ALGORITHM1.md gives the source of
-every value and where the authors' code is not followed.
+Two complete parameter sets, ``PRESETS``: "paper" (Algorithm 1 as the paper writes it) and "authors" (their
+published loop: Douglas-Rachford x-steps with the denoiser as the prior's proximal step, a projected kernel step
+with a log-decaying relative step); docs/ALGORITHM1.md gives every value's source and where their code is not followed.
 
-Sections: the objective and its gradients; x-minimisation (gradient descent and the authors' Douglas-Rachford);
-Algorithm 1. Synthetic problems and result files are in :mod:`diractrap.problems`, the metrics in
-:mod:`diractrap.metrics`, Statement 1 in :mod:`diractrap.statement1`; all are re-exported here.
+Sections: the objective and its gradients; x-minimisation (gradient descent, the authors' Douglas-Rachford);
+Algorithm 1. Re-exported here: :mod:`diractrap.problems`, :mod:`diractrap.metrics`, :mod:`diractrap.statement1`.
 """
 
 from __future__ import annotations
@@ -43,7 +39,8 @@ from torch import Tensor
 
 from . import __version__
 from .blur import conv, conv_adjoint, conv_adjoint_kernel
-from .checks import check_deconv_input, check_nonnegative, check_positive, nonfinite_message
+from .checks import (check_count, check_deconv_input, check_deconv_memory, check_nonnegative, check_positive,
+                     nonfinite_message)
 from .domain import Domain, extend, start_image, x_domain
 from .kernels import dirac, project_simplex, second_moment, small, wide
 from .numerics import at_precision, check_precision
@@ -282,6 +279,7 @@ def map_x(
     check_positive(sigma=sigma, sigma_g=sigma_g)
     check_deconv_input(denoiser, y, h.shape[-1], sigma=sigma)
     K = h.shape[-1]
+    check_deconv_memory(denoiser, y, K, 12, f"the MAP of {y.shape[0]} image(s)")
     dom = x_domain(denoiser, y.shape[1], (y.shape[-2] + K - 1, y.shape[-1] + K - 1))
     y = dom.channels_in(y)
     x = dom.to_network(extend(y, K, pad) if x0 is None else dom.channels_in(x0.clone()))
@@ -360,14 +358,23 @@ class Algorithm1Params:
                              f"not decrease the kernel subproblem, got {self.gamma_h_scale}")
         if self.gamma_h is not None and not self.gamma_h >= 0:
             raise ValueError(f"gamma_h must be >= 0 (0 freezes the kernel), got {self.gamma_h}")
-        if not 0 < self.gamma_h_decay <= 1 or not 0 < self.gamma_x_decay <= 1:
-            raise ValueError(f"gamma_h_decay and gamma_x_decay must be in (0, 1], got {self.gamma_h_decay}, "
-                             f"{self.gamma_x_decay}")
+        for name in ("gamma_h_decay", "gamma_x_decay"):
+            if not 0 < getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be in (0, 1], got {getattr(self, name)}")
         check_positive(sigma=self.sigma, sigma_g=self.sigma_g)  # 0 step sizes are allowed: they freeze x or h
-        check_nonnegative(gamma_x=self.gamma_x, gamma_h=self.gamma_h, gamma_h_scale=self.gamma_h_scale)
-        check_positive(rel_step=min(self.rel_step), rel_budget=self.rel_budget)
-        if self.n_ext < 0 or self.n_in < 0 or self.reset < 1 or self.n_in_warmup < 1:
-            raise ValueError("need n_ext >= 0, n_in >= 0, reset >= 1 and n_in_warmup >= 1")
+        check_nonnegative(gamma_x=self.gamma_x, gamma_h=self.gamma_h, gamma_h_scale=self.gamma_h_scale,
+                          dr_clamp=self.dr_clamp, cg_tol=self.cg_tol)
+        check_positive(gamma_h_max=self.gamma_h_max, dr_sigma=self.dr_sigma, dr_sigma_scale=self.dr_sigma_scale)
+        check_count(0, n_ext=self.n_ext, n_in=self.n_in, n_in_first=self.n_in_first)
+        check_count(1, reset=self.reset, n_in_warmup=self.n_in_warmup, cg_iter=self.cg_iter)
+        if len(self.rel_step) != 2:
+            raise ValueError(f"rel_step must be two numbers (first and last relative step), got {self.rel_step!r}")
+        for r in self.rel_step:  # log-spaced: both ends > 0
+            check_positive(rel_step=r)
+        check_positive(rel_budget=self.rel_budget)
+        if self.inner == "douglas-rachford" and self.gamma_x == 0:
+            raise ValueError("gamma_x must be > 0 with inner 'douglas-rachford': it is the proximal step (the data "
+                             "prox divides by it); 0 freezes x only with inner 'gradient'")
 
     def inner_steps(self, n: int) -> int:
         """N_in at outer iteration n: constant, or the linear warm-up after each reset (floored, as the authors)."""
@@ -562,6 +569,7 @@ def algorithm1(
         theta = initial_kernels(h0, h0.shape[-1], B, dtype=y.dtype, device=y.device)
     K = theta.shape[-1]
     p = params
+    check_deconv_memory(denoiser, y, K, 24 + len(_snapshot_set(snapshots, p.n_ext)), f"Algorithm 1 on {B} image(s)")
     dom = x_domain(denoiser, y.shape[1], (y.shape[-2] + K - 1, y.shape[-1] + K - 1))  # x' = x on the prior's domain
     x_reset = dom.to_network(dom.channels_in(start_image(y, K, p.pad, y_full)))
     y = dom.channels_in(y)
@@ -675,12 +683,11 @@ def algorithm1(
     return Algorithm1Result(x=dom.channels_out(crop(x)).cpu(), h=h.cpu(), theta=theta.cpu(), trajectory=trajectory,
                             settings=settings, history=history)
 
-# The rest of the deconvolution API lives in its own modules (which import this one) and is reachable from here too,
-# resolved on first use (PEP 562) so that importing either module first works.
-_ELSEWHERE = {
+# The rest of the deconvolution API, in modules that import this one: reachable from here, resolved on first use
+_ELSEWHERE = {  # (PEP 562), so that importing either module first works
     **dict.fromkeys(("metrics", "psnr", "ssim"), "metrics"),
-    **dict.fromkeys(("PairsRun", "make_problem", "run_pairs", "save_result", "load_result",
-                     "summary", "table_rows"), "problems"),
+    **dict.fromkeys(("PairsRun", "make_problem", "run_pairs", "save_result", "load_result", "summary", "table_rows"),
+                    "problems"),
     **dict.fromkeys(("Statement1Result", "semigroup_path", "statement1"), "statement1"),
 }
 

@@ -147,8 +147,10 @@ def kernel(family: str, theta, size: int = 21, angle: float | None = None, *, dt
     t = torch.as_tensor(theta, dtype=dtype, device=device)
     scalar = scalar or t.ndim == 0
     t = t.reshape(-1)
-    if (t < 0).any():
-        raise ValueError(f"theta must be >= 0, got {t.tolist()}")
+    if not (torch.isfinite(t) & (t >= 0)).all():  # NaN passes "t < 0" unnoticed
+        raise ValueError(f"theta must be >= 0 and finite, got {t.tolist()}")
+    if isinstance(size, bool) or int(size) != size or size < 1:
+        raise ValueError(f"kernel size must be an integer >= 1, got {size!r}")
     h = _BUILDERS[family](t, size, **options)
     return h[0] if scalar else h
 

@@ -42,7 +42,8 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .checks import check_count, check_images, check_model_input, check_nonnegative, check_positive
+from .checks import (check_count, check_images, check_memory, check_model_input, check_nonnegative, check_positive,
+                     memory_need, network_peak)
 from .numerics import PRECISIONS, REDUCED, at_precision, precision_scope
 from .priors import check_denoiser, from_native, range_scale, to_native
 from .rng import ItemGenerators
@@ -556,6 +557,13 @@ def potential(
     else:
         settings.update(rtol=opt.rtol, atol=opt.atol, control=opt.control)
     settings.update(tail_sigma=opt.tail_sigma, precision=opt.precision)
+    # memory, before any evaluation: one drift evaluation (a forward pass kept for M VJPs; the exact divergence
+    # replicates each image k times per pass) plus the solver's state, ~12 batch copies (stages, error) and the probes
+    M = 1 if divergence == "exact" else (opt.n_probes if probes is None else probes.shape[1])
+    reps = max(1, min(N, _EXACT_ITEMS_PER_PASS // B)) if divergence == "exact" and N <= MAX_EXACT_DIM else 1
+    peak = network_peak(denoiser, (B * reps, *x.shape[1:]), "vjp", n_vjp=M, dtype=x.dtype)
+    check_memory(memory_need(peak, (12 + M) * x.numel() * x.element_size()), x.device,
+                 f"q(x) of {B} image(s) of {'x'.join(map(str, x.shape[1:]))}")
 
     if divergence == "exact":
         if N > MAX_EXACT_DIM:

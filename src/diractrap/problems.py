@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from .blur import blur_same, conv
+from .checks import check_images
 from .data import atomic_path
 from .deconv import Algorithm1Params, Algorithm1Result, algorithm1, initial_kernels
 from .kernels import kernel, levin_kernel
@@ -127,7 +128,16 @@ def run_pairs(
     Rows carry ``pair`` (the pair id), ``start``, the settings, the final objective terms, the metrics
     (:func:`metrics`) and ``columns`` (per pair: sequences of length P, or scalars).
     """
+    check_images(x_true, "x_true")
+    if not isinstance(h_true, Tensor) or h_true.ndim not in (2, 3) or h_true.shape[-1] != h_true.shape[-2]:
+        raise ValueError(f"h_true must be square kernels (P, K, K) or one (K, K), got "
+                         f"{tuple(h_true.shape) if isinstance(h_true, Tensor) else type(h_true).__name__}")
     P, K = x_true.shape[0], h_true.shape[-1]
+    if h_true.ndim == 3 and h_true.shape[0] != P:
+        raise ValueError(f"h_true has {h_true.shape[0]} kernels for {P} images")
+    H, W = x_true.shape[-2:]
+    if K >= min(H, W):
+        raise ValueError(f"h_true is {K}x{K}, not smaller than x_true ({H}x{W}): y = valid(h * x) would be empty")
     ids = list(range(P)) if pair_ids is None else [int(i) for i in pair_ids]
     y = make_problem(x_true, h_true, sigma=params.sigma, seed=seed, item_ids=ids)
     n = len(starts)

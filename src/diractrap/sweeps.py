@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from . import __version__
 from .blur import blur_same
+from .checks import check_sweep_input
 from .kernels import kernel
 from .potential import PotentialOptions, potential
 
@@ -87,8 +88,7 @@ def sweep(
     Returns:
         One row per (image, theta), columns :data:`COLUMNS`, ordered by image then theta.
     """
-    if images.ndim != 4:
-        raise ValueError(f"images must be (B, C, H, W), got shape {tuple(images.shape)}")
+    check_sweep_input(denoiser, images, kernel_size, boundary=boundary, batch_size=batch_size)
     B = images.shape[0]
     ids = list(range(B)) if item_ids is None else [int(i) for i in item_ids]
     names = [str(i) for i in ids] if names is None else [str(n) for n in names]

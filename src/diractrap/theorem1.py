@@ -42,6 +42,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .blur import conv, conv_adjoint
+from .checks import (check_count, check_images, check_memory, check_model_input, check_nonnegative, check_positive,
+                     memory_need, network_peak)
 from .numerics import no_tf32
 from .priors import _EigenGaussian, check_denoiser, score_unit
 from .rng import item_seed
@@ -55,6 +57,7 @@ __all__ = [
     "principal_angles",
     "condition_angles",
     "descend_to_critical",
+    "check_diagnose_input",
     "diagnose",
 ]
 
@@ -196,6 +199,8 @@ def _angle_to_kernel_of_blur(V: Tensor, h: Tensor, shape) -> float:
     C, H, W = shape
     K = h.shape[-1]
     m = C * (H - K + 1) * (W - K + 1)
+    check_memory(3 * m * m * 8, V.device, f"condition (7) at a {C}x{H}x{W} image (A A^T dense, {m} x {m}, float64)",
+                 "use a smaller image (--size): the Hessian has a numerical kernel there, and (7) needs A A^T")
     E = torch.eye(m, dtype=torch.float64).view(m, C, H - K + 1, W - K + 1)
     h = h.double()
     AAt = torch.cat([conv(conv_adjoint(E[i : i + 512], h), h).flatten(1) for i in range(0, m, 512)])
@@ -249,6 +254,15 @@ def descend_to_critical(
     """
     from tqdm.auto import tqdm
 
+    check_images(x0, "x0")
+    check_model_input(prior, x0, "x0")
+    check_positive(lr=lr, sigma_g=sigma_g)
+    check_count(0, n_steps=n_steps)
+    check_count(1, record_every=record_every)
+    peak = network_peak(prior, x0.shape, "forward", dtype=x0.dtype)
+    check_memory(memory_need(peak, 4 * x0.numel() * x0.element_size()), x0.device,
+                 f"descent on q of {x0.shape[0]} image(s) of {'x'.join(map(str, x0.shape[1:]))}",
+                 "descend fewer images at once, or smaller ones (--size)")
     if lr / sigma_g**2 > 2 and not _exact(prior):
         import warnings
 
@@ -279,6 +293,48 @@ def laplacian(x: Tensor) -> Tensor:
     return p[..., :-2, 1:-1] + p[..., 2:, 1:-1] + p[..., 1:-1, :-2] + p[..., 1:-1, 2:] - 4 * x
 
 
+def check_diagnose_input(prior, x: Tensor, kernel_size: int, *, sigma_g: float = 0.001, n_lanczos: int = 40,
+                         name: str = "kernel_size") -> None:
+    """What :func:`diagnose` needs, checked before any evaluation: images (B, C, H, W) in [0, 1] of a size the
+    prior takes, a kernel of K >= 2 smaller than them (h * x, valid, is (H - K + 1) x (W - K + 1)), and the memory
+    of one Hessian-vector product plus the Lanczos basis and the kernel Jacobian of (8) (a one-line refusal)."""
+    check_images(x, "x")
+    check_count(2, **{name: kernel_size})  # (8) is about the K^2 - 1 zero-sum directions: none for K = 1
+    check_count(1, n_lanczos=n_lanczos)
+    check_positive(sigma_g=sigma_g)
+    C, H, W = (int(s) for s in x.shape[1:])
+    K = int(kernel_size)
+    if min(H, W) <= 2:
+        raise ValueError(f"the image is {H}x{W}: too small for Theorem 1, whose kernel (K >= 2) must be smaller than "
+                         "the image; give an image of at least 3x3 pixels")
+    if K >= min(H, W):
+        raise ValueError(f"{name} K = {K} must be smaller than the image ({H}x{W}): h * x (valid) would be empty; use "
+                         f"K < {min(H, W)} or a larger image")
+    check_model_input(prior, x)
+    N = C * H * W
+
+    def hessian_vector(den, z):  # the network part of one Lanczos step
+        return hvp(lambda u: -score_unit(den, u, sigma_g), z, torch.empty_like(z))
+
+    peak = network_peak(prior, (1, C, H, W), hessian_vector, key=f"hvp{sigma_g}", dtype=x.dtype)
+    # Lanczos: its basis and the Ritz vectors (N x (n + 1) each, float64); (8): the (K^2 - 1) convolved images in
+    # float64 and their FFTs, 2.4-2.6 of them traced at 32-100 px (4 allowed: LAPACK's SVD workspace is not traced)
+    rest = 2 * N * (n_lanczos + 1) * 8 + 4 * (K * K - 1) * N * 8
+    check_memory(rest if peak is None else memory_need(peak, rest), x.device,
+                 f"Theorem 1's diagnostics at an image of {C}x{H}x{W}",
+                 "use a smaller image (--size), fewer Lanczos steps or a smaller kernel")
+
+
+def _check_diagnose_input(prior, x, h, *, theta, sigma_g, n_lanczos) -> None:
+    if not isinstance(h, Tensor) or h.ndim not in (2, 3) or h.shape[-1] != h.shape[-2]:
+        raise ValueError(f"h must be a square kernel (K, K) or one per image (B, K, K), got "
+                         f"{tuple(h.shape) if isinstance(h, Tensor) else type(h).__name__}")
+    if h.ndim == 3 and h.shape[0] != x.shape[0]:
+        raise ValueError(f"h has {h.shape[0]} kernels for {x.shape[0]} images")
+    check_nonnegative(theta=theta)
+    check_diagnose_input(prior, x, h.shape[-1], sigma_g=sigma_g, n_lanczos=n_lanczos)
+
+
 @no_tf32()  # second derivatives through the network: TF32 would swamp them on a GPU
 def diagnose(
     prior,
@@ -302,6 +358,7 @@ def diagnose(
     n_kernel (Ritz values counted as zero), j_smin / j_smax (singular values of the kernel Jacobian, (8)),
     angle7 / angle9 (radians), and booleans cond7, cond8, cond9 with the tolerances used.
     """
+    _check_diagnose_input(prior, x, h, theta=theta, sigma_g=sigma_g, n_lanczos=n_lanczos)
     gfn = grad_q_fn(prior, sigma_g, labels)
     rows = []
     B = x.shape[0]

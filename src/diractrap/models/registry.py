@@ -53,6 +53,9 @@ def get_denoiser(name_or_path: str, *, device="cpu", root=None, download: bool =
     (``denoiser.info["sha256"]``). ``options`` go to the loader (``weights``, ``class_label``, ...) over the
     registry's.
     """
+    from ..checks import check_device
+
+    device = check_device(device)
     if name_or_path in REGISTRY:
         spec = REGISTRY[name_or_path]
         if spec.build is not None:
@@ -99,9 +102,14 @@ def job_denoiser(job: dict, weights_files=()):
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def checkpoint_dir(root=None) -> Path:
-    """The checkpoint directory: ``root``, else ``$DIRACTRAP_CHECKPOINTS``, else ``data/checkpoints``."""
-    return Path(root if root is not None else os.environ.get(CHECKPOINTS_ENV) or DEFAULT_CHECKPOINTS)
+def checkpoint_dir(root=None, what: str = "checkpoint directory") -> Path:
+    """The checkpoint directory: ``root``, else ``$DIRACTRAP_CHECKPOINTS``, else ``data/checkpoints``; a path that
+    exists and is not a directory is refused (one line naming ``what``)."""
+    path = Path(root if root is not None else os.environ.get(CHECKPOINTS_ENV) or DEFAULT_CHECKPOINTS)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{what} {path} is a file, not a directory: give the folder that holds (or will hold) the "
+                         "checkpoint files")
+    return path
 
 
 def _downloadable(name: str) -> ModelSpec:
