@@ -163,8 +163,9 @@ def test_deblur_takes_any_size_and_mode(tmp_path, capsys, size, mode, K, name):
     assert cli.main(["deblur", str(blurry), "--model", "demo", "--preset", name, "--kernel-size", str(K),
                      "--out", str(out), "--n-ext", "2", "--n-in", "1", "--n-in-first", "none", "--cg-iter", "50",
                      "--no-progress"]) == 0
-    printed = capsys.readouterr().out
-    assert printed.count("\n") == 1 and ("alpha channel dropped" in printed) == (mode == "RGBA")
+    start, summary_line = capsys.readouterr().out.splitlines()  # the start line, then the one-line summary
+    assert start.startswith("deblurring ") and summary_line.startswith(f"{blurry}: x-hat ")
+    assert ("alpha channel dropped" in summary_line) == (mode == "RGBA")
     H, W = size if name == "authors" else (size[0] + K - 1, size[1] + K - 1)  # observed: BLURRY has x's size
     x_hat, h_hat = np.load(out / "x_hat.npy"), np.load(out / "h_hat.npy")
     assert x_hat.shape == (_MODES[mode], H, W)
@@ -201,5 +202,6 @@ def test_deblur_with_a_known_truth_reports_its_scores(tmp_path, capsys):
     assert got["kernel_error"][0] == pytest.approx(want["kernel_error"].item(), rel=1e-6)
     assert got["psnr"][0] == pytest.approx(want["psnr"].item(), rel=1e-6)
     assert f"kernel error {want['kernel_error'].item():.4f}" in printed
-    assert cli.main(["deblur", str(truth), "--model", "demo", "--out", str(out), "--true-image", str(truth)]) == 1
+    assert cli.main(["deblur", str(truth), "--model", "demo", "--out", str(tmp_path / "run2"), "--true-image",
+                     str(truth)]) == 1
     assert "--true-image and --true-kernel go together" in capsys.readouterr().err

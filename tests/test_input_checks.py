@@ -469,7 +469,8 @@ def test_cli_deblur_refuses_a_folder_that_holds_files_unless_overwrite(files, ca
     assert status == 0, err
     assert json.loads((out / "summary.json").read_text())["settings"]["n_ext"] == 1  # the new run's
     assert {p.name for p in out.iterdir()} == {"x_hat.png", "x_hat.npy", "h_hat.png", "h_hat.npy", "trajectory.npz",
-                                                "summary.json"}
+                                                "result.png", "summary.json"}
+    assert max(out.iterdir(), key=lambda p: p.stat().st_mtime_ns).name == "summary.json"  # written last
 
 
 def test_cli_interrupt_in_process_is_status_130_and_removes_the_new_folder(files, capsys, monkeypatch):

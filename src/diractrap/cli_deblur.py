@@ -173,8 +173,6 @@ def _run_deblur(args) -> int:
     scores = None if truth is None else metrics(res.x, res.h, *truth)
     info = deconv.summary(res, scores)
     info.update(input=str(args.blurry), model=args.model, preset=args.preset, dropped_on_reading=dropped or None)
-    with atomic_path(out / "summary.json") as tmp:
-        tmp.write_text(_json_text(info))
     size = "x".join(map(str, res.x.shape[-2:]))
     panels = [(f"blurry ({image.shape[-2]}x{image.shape[-1]})", image[0].cpu(), (0, 0) if y_full is not None
                else (a, a)), (f"x-hat ({size})", res.x[0], (0, 0)), ("h-hat", res.h[0], None)]
@@ -187,6 +185,8 @@ def _run_deblur(args) -> int:
                       ("x-bar (truth)", truth[0][0], (0, 0)), ("h-bar (truth)", truth[1][0], None)]
         line += f"; kernel error {err:.4f}, PSNR {psnr:.2f} dB"
     _result_picture(out / "result.png", panels, tuple(res.x.shape[-2:]))
+    with atomic_path(out / "summary.json") as tmp:  # last: the marker of a finished run
+        tmp.write_text(_json_text(info))
     dom = res.settings["domain"]
     if dom["network"][1:] != dom["x"][1:]:
         line += f"; the network saw x extended to {dom['network'][1]}x{dom['network'][2]}"
