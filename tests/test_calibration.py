@@ -62,14 +62,29 @@ def test_budget_parts_match_a_direct_computation(quantity, M):
     np.testing.assert_allclose(got["total"], sum(want.values()), rtol=1e-12)
 
 
-def test_allowed_error_is_beta_times_the_smallest_step_doubled_for_steps():
-    q = np.array([[0.0, -10.0, -14.0, -30.0], [5.0, 3.0, -40.0, -41.5]])  # smallest steps 4 and 1.5
-    assert ErrorBudget(beta=0.25).allowed(q).tolist() == [1.0, 0.375]
-    assert ErrorBudget(beta=0.25, quantity="steps").allowed(q).tolist() == [2.0, 0.75]
+def test_values_ratio_is_the_differences_bound_over_epsilon_of_each_difference():
+    rng = np.random.default_rng(2)
+    ref = rng.normal(size=(2, 4, 8)) - np.arange(4)[None, :, None] * 50
+    cand = ref + rng.normal(size=ref.shape)
+    budget = ErrorBudget(beta=0.25, epsilon=0.1)
+    order, values = budget.ratios(ref, cand[..., :2], None, 1)
+    want = direct_parts(ref, cand, cand, 1, "differences", 2.0)
+    d_ref = ref.mean(-1)[:, 1:] - ref.mean(-1)[:, :1]
+    assert values == pytest.approx((sum(want.values()) / (0.1 * np.abs(d_ref))).max(), rel=1e-12)
+    steps = direct_parts(ref, cand, cand, 1, "steps", 2.0)
+    assert order == pytest.approx((sum(steps.values()) / (0.5 * np.abs(np.diff(ref.mean(-1), axis=1)))).max())
+    assert ErrorBudget(epsilon=None).ratios(ref, cand[..., :2], None, 1)[1] == 0
+
+
+def test_allowed_error_is_twice_beta_of_each_step_or_beta_of_the_smallest_for_differences():
+    q = np.array([[0.0, -10.0, -14.0, -30.0], [5.0, 3.0, -40.0, -41.5]])  # steps 10, 4, 16 and 2, 43, 1.5
+    assert ErrorBudget(beta=0.25).allowed(q).tolist() == [[5.0, 2.0, 8.0], [1.0, 21.5, 0.75]]
+    assert ErrorBudget(beta=0.25, quantity="differences").allowed(q).tolist() == [[1.0] * 3, [0.375] * 3]
+    assert ErrorBudget(beta=0.25).allowed(q[..., None].repeat(3, -1)).shape == (2, 3)  # per-probe values: means
 
 
 def test_budget_and_ladder_refuse_nonsense():
-    for bad in (dict(beta=0), dict(beta=float("nan")), dict(quantity="levels"), dict(coverage=-1)):
+    for bad in (dict(beta=0), dict(beta=float("nan")), dict(epsilon=0), dict(quantity="levels"), dict(coverage=-1)):
         with pytest.raises(ValueError):
             ErrorBudget(**bad)
     with pytest.raises(ValueError, match="precision"):
@@ -179,12 +194,12 @@ def network_solves():
 
 
 def test_a_budget_only_the_reference_meets_chooses_the_reference(network_solves):
-    t, _ = assess(network_solves, ErrorBudget(beta=0.25))
+    t, _ = assess(network_solves, ErrorBudget(beta=0.25, epsilon=None))  # the order part alone: ratios ~ 1 / beta
     ref_ratio = t.loc[t["reference"], "ratio"].iloc[0]
     other = t.loc[~t["reference"], "ratio"].min()
     assert 0 < ref_ratio < other  # 8 probes against at most 2: its Hutchinson part alone is smaller
     beta = 0.25 * math.sqrt(ref_ratio * other)  # the ratios scale as 1 / beta: between the two
-    cal = choose(network_solves, ErrorBudget(beta=beta))
+    cal = choose(network_solves, ErrorBudget(beta=beta, epsilon=None))
     assert cal.table["meets"].tolist() == [False] * (len(t) - 1) + [True]
     assert cal.table.loc[cal.table["chosen"], "reference"].item()
     assert cal.choice == REFERENCE.as_dict()
@@ -192,11 +207,11 @@ def test_a_budget_only_the_reference_meets_chooses_the_reference(network_solves)
 
 
 def test_a_budget_nothing_meets_stops_naming_the_model_and_the_errors(network_solves):
-    t, _ = assess(network_solves, ErrorBudget(beta=0.25))
+    t, _ = assess(network_solves, ErrorBudget(beta=0.25, epsilon=None))
     ref_ratio = t.loc[t["reference"], "ratio"].iloc[0]
     with pytest.raises(CalibrationError, match=r"calibration of tiny \(gaussian\): no setting meets") as e:
-        choose(network_solves, ErrorBudget(beta=0.25 * ref_ratio / 2))
-    assert "allowed" in str(e.value) and "bound of" in str(e.value)
+        choose(network_solves, ErrorBudget(beta=0.25 * ref_ratio / 2, epsilon=None))
+    assert "error bound / allowed error" in str(e.value) and "the closest candidate (heun" in str(e.value)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -206,7 +221,7 @@ def test_a_budget_nothing_meets_stops_naming_the_model_and_the_errors(network_so
 
 def test_audit_recomputes_the_smallest_step_at_the_reference_and_fails_over_budget(network_solves):
     net = network_solves_net(network_solves)
-    cal = choose(network_solves, ErrorBudget(beta=1.0, quantity="steps"))
+    cal = choose(network_solves, ErrorBudget(beta=1.0, epsilon=None))  # random weights: no Figure 3 to draw
     record = cal.record()
     images = astronaut(8, n=2)
     x = blurred_grid(images[:1], "gaussian", GRID, kernel_size=5)
@@ -221,7 +236,7 @@ def test_audit_recomputes_the_smallest_step_at_the_reference_and_fails_over_budg
     M = choice.n_probes
     assert rec["err_solver_precision"] == pytest.approx(abs((q[k + 1] - q[k]) - step_ref[:M].mean()), rel=1e-9)
     assert rec["err_hutchinson"] == pytest.approx(2 * step_ref.std(ddof=1) / math.sqrt(M), rel=1e-9)
-    assert rec["allowed"] == pytest.approx(2 * 1.0 * abs(step_ref.mean()), rel=1e-9)
+    assert rec["allowed"] == pytest.approx(2 * 1.0 * abs(step_ref.mean()), rel=1e-9)  # 2 beta of the step itself
     assert rec["passes"] == (rec["err_bound"] <= rec["allowed"])
     # a tighter budget on the same numbers: over budget, and the merge's check names the chunk
     tight = dict(record, budget=dict(record["budget"], beta=1e-6))
@@ -262,7 +277,7 @@ def test_chosen_settings_meet_the_budget_on_images_that_are_not_demo_crops():
 
     den = get_denoiser("demo")
     grid = [0.0, 1.0, 2.0]
-    budget = ErrorBudget(beta=0.25, quantity="steps")
+    budget = ErrorBudget(beta=0.25)
     cal = calibrate(den, demo_images("test", 32)[4:5], "gaussian", grid, item_ids=[4], budget=budget,
                     ladder=Ladder(steps=(8, 16), n_probes=(1, 2), precisions=("fp32", "bf16")), model="demo")
     choice = PotentialOptions.make(cal.choice)
@@ -272,7 +287,7 @@ def test_chosen_settings_meet_the_budget_on_images_that_are_not_demo_crops():
     q = potential(den, x, options=choice, item_ids=ids).q.numpy().reshape(2, -1)
     truth = potential(den, x, solver="dopri5", rtol=1e-6, atol=1e-6, n_probes=16, seed=7,
                       item_ids=ids).q.numpy().reshape(2, -1)
-    err = np.abs(np.diff(q, axis=1) - np.diff(truth, axis=1)).max(1)
+    err = np.abs(np.diff(q, axis=1) - np.diff(truth, axis=1))  # (image, step)
     allowed = budget.allowed(truth)
     assert (err <= allowed).all(), (err, allowed, cal.choice)
     assert (np.diff(q, axis=1) < 0).all() and (np.diff(truth, axis=1) < 0).all()  # Claim 1's order, both ways
