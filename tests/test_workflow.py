@@ -24,7 +24,8 @@ from conftest import ROOT
 REDUCED = {  # a few seconds per job: 2 families x 2 chunks of 2 images, 3 thetas each
     "image_sets": {"demo32": {"source": "demo", "split": "test", "resolution": 32, "count": 4}},
     "sweep": {"chunk": 2, "families": [{"family": "gaussian", "thetas": [0, 1.0, 2.0]},
-                                       {"family": "defocus", "thetas": [0, 1.0, 2.0]}]},
+                                       {"family": "defocus", "thetas": [0, 1.0, 2.0]}],
+              "potential": {"solver": "heun", "steps": 12, "n_probes": 1}},  # given: no calibration job
     "figures": {"fig1": {"thetas": [0, 1.0, 2.0]}},  # Figure 1's thetas must lie on the sweep's grid
 }
 REDUCED_TARGET = "results/potential/demo.parquet"

@@ -18,7 +18,7 @@ rule calibrate:
         job=calibration_params,
     log:
         f"{LOGS}/sweep/{{model}}/calibrate.log",
-    priority: 15  # every chunk of the model waits for it
+    priority: 25  # every chunk of the model waits for it: the head of the longest chain (calibrate, chunks, Figure 3)
     threads: model_threads
     resources:
         gpu=model_gpu,
