@@ -523,7 +523,8 @@ def audit(denoiser, image: Tensor, q_chosen, family: str, thetas, *, calibration
                 err_solver_precision=float(measured[k]), err_hutchinson=float(hutch[k]),
                 err_bound=float(measured[k] + hutch[k]), allowed=float(allowed[k]), ratio=float(ratios[k]),
                 passes=bool(ratios[k] <= 1), audit_nfe=res.nfe,
-                reference=f"{ref.solver} rtol={ref.rtol:g} atol={ref.atol:g} {ref.n_probes} probes {ref.precision}")
+                reference=(f"heun {ref.steps} steps" if ref.solver == "heun" else
+                           f"{ref.solver} rtol={ref.rtol:g} atol={ref.atol:g}") + f" {ref.n_probes} probes {ref.precision}")
 
 
 def check_audits(records) -> None:
