@@ -15,7 +15,7 @@ reference solve (adaptive, tight tolerances, many probes, fp32; :data:`REFERENCE
                 reference's per-probe values / sqrt(M) (the estimator is unbiased; its noise is what is left).
 
 A candidate meets the budget when, on every calibration image and every difference, the sum of the three parts is
-at most the allowed error. :func:`calibrate` evaluates a :class:`Ladder` of cheaper settings (Heun grids x probes x
+at most the allowed error (over ``headroom``, for images the calibration did not see). :func:`calibrate` evaluates a :class:`Ladder` of cheaper settings (Heun grids x probes x
 precisions) and picks the cheapest that meets it, the cost of a potential being evaluations x (1 + probes) x the
 time of one forward pass at that precision (:class:`CostModel`). :func:`audit` re-checks a sweep chunk's first image
 at the reference's settings; :func:`check_audits` fails a merge when one audit breaks the budget.
@@ -69,12 +69,19 @@ class ErrorBudget:
               2000-nat step cannot flip it.
     epsilon:  values: each difference q(theta_k) - q(theta_0) may be off by epsilon of itself (None: unchecked).
     coverage: the Hutchinson part is counted at this many standard errors.
+    headroom: a calibration candidate meets the budget when its error bound is at most 1 / headroom of the allowed
+              error on the calibration images; audits hold the sweep's images to the budget itself. 1 (the default)
+              suits calibration images drawn from the sweep's own set (demo prior: demo crops 0-3 needed 1.0-1.05x
+              the ratios of calibration crop 5); images unlike the calibration's need more (photographs that are
+              not demo crops: 2x for Heun 12-32 grids, 2.6-5x for the under-resolved Heun 8; BENCHMARKS.md
+              "potential").
     """
 
     beta: float = 0.25
     epsilon: float | None = 0.1
     quantity: str = "steps"
     coverage: float = 2.0
+    headroom: float = 1.0
 
     def __post_init__(self):
         for name in ("beta", "epsilon"):
@@ -86,6 +93,8 @@ class ErrorBudget:
             raise ValueError(f"quantity must be one of {QUANTITIES}, got {self.quantity!r}")
         if not (math.isfinite(self.coverage) and self.coverage >= 0):
             raise ValueError(f"coverage must be a finite number >= 0, got {self.coverage!r}")
+        if not (isinstance(self.headroom, (int, float)) and math.isfinite(self.headroom) and self.headroom >= 1):
+            raise ValueError(f"headroom must be a finite number >= 1, got {self.headroom!r}")
 
     def transform(self, q: np.ndarray, quantity: str | None = None) -> np.ndarray:
         """The quantity read from per-theta values q (..., T, M) along sorted thetas: (..., T - 1, M)."""
@@ -140,7 +149,8 @@ class ErrorBudget:
 
     def ratios(self, ref: np.ndarray, *args, **kwargs) -> tuple[float, float]:
         """(order, values): the largest error bound / allowed error of a candidate (arguments of :meth:`parts`);
-        values is 0 when epsilon is None. A candidate meets the budget when both are <= 1."""
+        values is 0 when epsilon is None. A sweep's image meets the budget when both are <= 1; a calibration
+        candidate when both are <= 1 / headroom."""
         order = (self.parts(ref, *args, **kwargs)["total"] / self.allowed(ref)).max()
         allowed = self.allowed_values(ref)
         if allowed is None:
@@ -369,9 +379,9 @@ def assess(solves: LadderSolves, budget: ErrorBudget | None = None) -> tuple[pd.
             err_solver=parts["solver"].max(), err_precision=parts["precision"].max(),
             err_hutchinson=parts["hutchinson"].max(), err_bound=parts["total"].max(),
             err_measured=parts["measured"].max(), allowed=allowed.min(), ratio_order=ratios[0],
-            ratio_values=ratios[1], ratio=ratio, meets=bool(ratio <= 1),
+            ratio_values=ratios[1], ratio=ratio, meets=bool(ratio <= 1 / budget.headroom),
             images=ref.shape[0], thetas=" ".join(f"{t:g}" for t in thetas), quantity=budget.quantity,
-            beta=budget.beta, epsilon=budget.epsilon))
+            beta=budget.beta, epsilon=budget.epsilon, headroom=budget.headroom))
 
     for s in ladder.steps:
         for p in ladder.precisions:
@@ -411,7 +421,8 @@ def choose(solves: LadderSolves, budget: ErrorBudget | None = None) -> Calibrati
         ref_row = table[table["reference"]].iloc[0]
         raise CalibrationError(
             f"calibration of {model or 'the model'} ({family}): no setting meets the budget (beta = {budget.beta:g} "
-            f"on {budget.quantity}, epsilon = {budget.epsilon}): error bound / allowed error, order and values: "
+            f"on {budget.quantity}, epsilon = {budget.epsilon}, headroom = {budget.headroom:g}: a candidate needs "
+            f"<= {1 / budget.headroom:.3g}): error bound / allowed error, order and values: "
             f"the reference ({ref_opt.solver} {ref_opt.rtol:g}, {ref_opt.n_probes} probes, its Hutchinson part "
             f"alone) {ref_row.ratio_order:.3g} and {ref_row.ratio_values:.3g}; the closest candidate ({cheap.solver} "
             f"{cheap.steps} steps, {cheap.n_probes} probes, {cheap.precision}) {cheap.ratio_order:.3g} and "
