@@ -71,10 +71,9 @@ class ErrorBudget:
     coverage: the Hutchinson part is counted at this many standard errors.
     headroom: a calibration candidate meets the budget when its error bound is at most 1 / headroom of the allowed
               error on the calibration images; audits hold the sweep's images to the budget itself. 1 (the default)
-              suits calibration images drawn from the sweep's own set (demo prior: demo crops 0-3 needed 1.0-1.05x
-              the ratios of calibration crop 5); images unlike the calibration's need more (photographs that are
-              not demo crops: 2x for Heun 12-32 grids, 2.6-5x for the under-resolved Heun 8; BENCHMARKS.md
-              "potential").
+              for calibration images drawn from the sweep's own set, checked by the audits (demo prior: crops 0-3
+              had 0.7-1.4x the ratios of calibration crop 5); images unlike the calibration's need about 2
+              (photographs that are not demo crops: 1.7-2.6x; BENCHMARKS.md "potential", calibration_transfer).
     """
 
     beta: float = 0.25
