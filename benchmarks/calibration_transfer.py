@@ -33,19 +33,19 @@ import pandas as pd
 import torch
 import yaml
 
-from diractrap.calibration import ErrorBudget, Ladder, LadderSolves, assess, choose, cost_model, solve_ladder
+from diractrap.calibration import (REFERENCE, ErrorBudget, Ladder, LadderSolves, assess, choose, cost_model,
+                                   forward_flops, solve_ladder)
 from diractrap.data import demo_images
 from diractrap.models import get_denoiser
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+from test_calibration import not_demo_crops  # noqa: E402  the photographs of the transfer test, one definition
 GROUPS = {"crop 5": [5], "crop 4": [4], "crops 0-3": [0, 1, 2, 3], "photographs": [100, 101]}
 
 
 def group_images(name: str, size: int = 32) -> torch.Tensor:
     if name == "photographs":
-        sys.path.insert(0, str(ROOT / "tests"))
-        from test_calibration import not_demo_crops  # the photographs of the test, one definition
-
         return not_demo_crops(size)
     return demo_images("test", size)[GROUPS[name]]
 
@@ -75,8 +75,6 @@ def solves_of(data: dict, name: str, gflop: float) -> LadderSolves:
     steps = tuple(int(s) for s in data["steps"])
     q = {k.split("/q/")[1]: v for k, v in data.items() if k.startswith(f"{name}/q/")}
     nfe = {k.split("/nfe/")[1]: int(v) for k, v in data.items() if k.startswith(f"{name}/nfe/")}
-    from diractrap.calibration import REFERENCE
-
     return LadderSolves(reference=REFERENCE, ladder=Ladder(steps=steps, n_probes=(1, 2), precisions=("fp32", "bf16")),
                         costs=cost_model("cpu", gflop), q=q, nfe=nfe, model="demo", family="gaussian",
                         thetas=[float(t) for t in data["thetas"]], items=GROUPS[name])
@@ -91,8 +89,6 @@ def merge(a: LadderSolves, b: LadderSolves) -> LadderSolves:
 
 
 def report(data: dict, headrooms=(1, 2)) -> str:
-    from diractrap.calibration import forward_flops
-
     gflop = forward_flops(get_denoiser("demo"), (3, 32, 32), "cpu") / 1e9
     groups = {name: solves_of(data, name, gflop) for name in GROUPS}
     budget = ErrorBudget()

@@ -8,6 +8,9 @@ must match the candidate's error against that closed form, up to the reference's
 
 import json
 import math
+import runpy
+import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -17,6 +20,8 @@ import torch
 from diractrap.calibration import (REFERENCE, AuditError, CalibrationError, ErrorBudget, Ladder, audit, blurred_grid,
                                    assess, calibrate, check_audits, choose, cost_model, read_calibration, solve_ladder)
 from diractrap.potential import PotentialOptions, gaussian_flow_potential, make_probes, potential
+from diractrap.sweeps import COLUMNS
+from conftest import ROOT
 from test_potential import astronaut, power_law
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -315,12 +320,6 @@ def test_chosen_settings_meet_the_budget_on_images_that_are_not_demo_crops():
 def test_the_merge_job_fails_naming_the_chunk_whose_audit_broke_the_budget(tmp_path):
     """workflow/scripts/merge_sweep.py run as snakemake runs it (a ``snakemake`` object in its globals): one audit
     over budget stops the merge with the chunk's path and numbers, and no merged table is written."""
-    import runpy
-    from types import SimpleNamespace
-
-    from conftest import ROOT
-    from diractrap.sweeps import COLUMNS
-
     tables, audits = [], []
     for c, passes in ((0, True), (1, False)):
         row = {col: 0 for col in COLUMNS} | dict(model="m", prior="diffusion", family="gaussian", item=c, theta=0.0,
@@ -334,8 +333,6 @@ def test_the_merge_job_fails_naming_the_chunk_whose_audit_broke_the_budget(tmp_p
     out = SimpleNamespace(table=str(tmp_path / "m.parquet"), audits=str(tmp_path / "m.audit.csv"))
     job = SimpleNamespace(input=SimpleNamespace(tables=[str(t) for t in tables], audits=[str(a) for a in audits]),
                           output=out, log=[str(tmp_path / "merge.log")])
-    import sys
-
     stdout, stderr = sys.stdout, sys.stderr
     try:
         with pytest.raises(AuditError, match=r"1 sweep chunk\(s\) broke the error budget:\n  .*chunk1\.audit\.json: "

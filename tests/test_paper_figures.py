@@ -3,7 +3,8 @@
 Each figure of config/paper.yaml (merged on config/demo.yaml as snakemake merges them) is drawn from small synthetic
 tables of the workflow's schemas at the config's settings, its layout is read back from the drawn axes, and compared
 with PAPER_LAYOUT: the paper's layout as its text states it (the captions and column headers of the GRETSI 2025
-version; arXiv:2508.02923 is the long one). tests/test_paper_smoke.py reads the smoke run's Figures 4-5 with the same readers.
+version; arXiv:2508.02923 is the long one). tests/test_paper_smoke.py reads the smoke run's Figures 4-5 with the
+same readers.
 """
 
 import numpy as np

@@ -15,9 +15,10 @@ reference solve (adaptive, tight tolerances, many probes, fp32; :data:`REFERENCE
                 reference's per-probe values / sqrt(M) (the estimator is unbiased; its noise is what is left).
 
 A candidate meets the budget when, on every calibration image and every difference, the sum of the three parts is
-at most the allowed error (over ``headroom``, for images the calibration did not see). :func:`calibrate` evaluates a :class:`Ladder` of cheaper settings (Heun grids x probes x
-precisions) and picks the cheapest that meets it, the cost of a potential being evaluations x (1 + probes) x the
-time of one forward pass at that precision (:class:`CostModel`). :func:`audit` re-checks a sweep chunk's first image
+at most the allowed error (divided by ``headroom``, for images the calibration did not see). :func:`calibrate`
+evaluates a :class:`Ladder` of cheaper settings (Heun grids x probes x precisions) and picks the cheapest that meets
+it, the cost of a potential being evaluations x (1 + probes) x the time of one forward pass at that precision
+(:class:`CostModel`). :func:`audit` re-checks a sweep chunk's first image
 at the reference's settings; :func:`check_audits` fails a merge when one audit breaks the budget.
 
 Sections: the budget; costs; the ladder and the calibration; the audit.
@@ -534,7 +535,8 @@ def audit(denoiser, image: Tensor, q_chosen, family: str, thetas, *, calibration
                 err_bound=float(measured[k] + hutch[k]), allowed=float(allowed[k]), ratio=float(ratios[k]),
                 passes=bool(ratios[k] <= 1), audit_nfe=res.nfe,
                 reference=(f"heun {ref.steps} steps" if ref.solver == "heun" else
-                           f"{ref.solver} rtol={ref.rtol:g} atol={ref.atol:g}") + f" {ref.n_probes} probes {ref.precision}")
+                           f"{ref.solver} rtol={ref.rtol:g} atol={ref.atol:g}")
+                + f" {ref.n_probes} probes {ref.precision}")
 
 
 def check_audits(records) -> None:
